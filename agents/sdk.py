@@ -1,0 +1,201 @@
+"""The agent SDK: `Sys`, the handle an agent program gets to the syscall API.
+
+    async def main(sys, args):
+        reply = await sys.llm.chat("Say hello", on_text=print)
+        await sys.log(reply.content)
+
+Every method is a syscall through a Transport: in-process (`LocalTransport`, straight into
+the syscall table) or remote (a daemon client). The program cannot tell which, which is the
+point: the same agent runs in both places unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+
+import trio
+from pydantic import BaseModel
+
+from llmos.syscalls.errors import Errno, SyscallError  # noqa: F401  (re-exported for agents)
+from llmos.syscalls.llm import ChatChunk, ChatResponse
+from llmos.syscalls.proc import PidResponse, ProcInfo, WaitResponse
+
+Emit = Callable[[BaseModel], Awaitable[None]]
+TextCallback = Callable[[str], Any]
+
+
+class Transport(Protocol):
+    pid: int
+
+    async def call(self, name: str, args: dict[str, Any], emit: Emit | None = None) -> BaseModel: ...
+
+
+class LocalTransport:
+    """Calls go straight into the kernel's syscall table, as process `pid`."""
+
+    def __init__(self, kernel: Any, pid: int) -> None:
+        self.kernel = kernel
+        self.pid = pid
+
+    async def call(self, name: str, args: dict[str, Any], emit: Emit | None = None) -> BaseModel:
+        from llmos.syscalls import dispatch
+
+        return await dispatch(self.kernel, self.pid, name, args, emit)
+
+
+class Sys:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.llm = LLM(self)
+        self.proc = Proc(self)
+        self.fs = FS(self)
+
+    @property
+    def pid(self) -> int:
+        return self.transport.pid
+
+    async def call(self, syscall: str, emit: Emit | None = None, /, **args: Any) -> BaseModel:
+        """Any syscall by name; raises SyscallError with an errno on failure."""
+        return await self.transport.call(syscall, args, emit)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.call("sleep", seconds=seconds)
+
+    async def log(self, message: str, level: str = "info") -> None:
+        await self.call("log", message=message, level=level)
+
+
+class LLM:
+    def __init__(self, sys: Sys) -> None:
+        self._sys = sys
+
+    async def chat(
+        self,
+        messages: str | list[dict[str, str]],
+        *,
+        system: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        on_text: TextCallback | None = None,
+    ) -> ChatResponse:
+        """A completion. `messages` is a prompt string or a list of {role, content};
+        `on_text` (sync or async) receives the text as it is generated."""
+        args = dict(
+            messages=_messages(messages, system),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop or [],
+            stream=on_text is not None,
+        )
+        emit = None
+        if on_text is not None:
+
+            async def emit(chunk: BaseModel) -> None:
+                assert isinstance(chunk, ChatChunk)
+                out = on_text(chunk.delta)
+                if inspect.isawaitable(out):
+                    await out
+
+        response = await self._sys.call("llm.chat", emit, **args)
+        assert isinstance(response, ChatResponse)
+        return response
+
+    async def ask(self, prompt: str, **kwargs: Any) -> str:
+        """The reply text for a single prompt."""
+        return (await self.chat(prompt, **kwargs)).content
+
+    @asynccontextmanager
+    async def stream(self, messages: str | list[dict[str, str]], **kwargs: Any) -> AsyncIterator["TextStream"]:
+        """`async with sys.llm.stream(prompt) as s: async for text in s: ...`; then s.response."""
+        send, recv = trio.open_memory_channel[str](math.inf)
+        stream = TextStream(recv)
+
+        async def produce() -> None:
+            async with send:
+                stream.response = await self.chat(messages, on_text=send.send_nowait, **kwargs)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            yield stream
+
+
+class TextStream:
+    def __init__(self, recv: trio.MemoryReceiveChannel[str]) -> None:
+        self._recv = recv
+        self.response: ChatResponse | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._recv.__aiter__()
+
+
+class Proc:
+    def __init__(self, sys: Sys) -> None:
+        self._sys = sys
+
+    async def spawn(
+        self,
+        program: str,
+        *args: str,
+        name: str | None = None,
+        nice: int | None = None,
+        allow: list[str] | None = None,
+        root: str | None = None,
+    ) -> int:
+        """Start a child process running `program`; returns its pid. `allow` (syscall patterns)
+        and `root` (a folder inside the caller's) narrow what the child may do."""
+        r = await self._sys.call(
+            "proc.spawn", program=program, args=list(args), name=name, nice=nice, allow=allow, root=root
+        )
+        return r.pid  # type: ignore[attr-defined]
+
+    async def wait(self, pid: int | None = None, timeout: float | None = None) -> WaitResponse:
+        r = await self._sys.call("proc.wait", pid=pid, timeout=timeout)
+        assert isinstance(r, WaitResponse)
+        return r
+
+    async def kill(self, pid: int) -> None:
+        await self._sys.call("proc.kill", pid=pid)
+
+    async def exit(self, code: int = 0, result: Any = None) -> None:
+        await self._sys.call("proc.exit", code=code, result=result)
+
+    async def getpid(self) -> PidResponse:
+        r = await self._sys.call("proc.getpid")
+        assert isinstance(r, PidResponse)
+        return r
+
+    async def ps(self) -> list[ProcInfo]:
+        return (await self._sys.call("proc.ps")).procs  # type: ignore[attr-defined]
+
+    async def nice(self, value: int, pid: int | None = None) -> int:
+        return (await self._sys.call("proc.nice", pid=pid, nice=value)).nice  # type: ignore[attr-defined]
+
+
+class FS:
+    def __init__(self, sys: Sys) -> None:
+        self._sys = sys
+
+    async def read(self, path: str) -> str:
+        return (await self._sys.call("fs.read", path=path)).content  # type: ignore[attr-defined]
+
+    async def write(self, path: str, content: str, append: bool = False) -> int:
+        r = await self._sys.call("fs.write", path=path, content=content, append=append)
+        return r.bytes_written  # type: ignore[attr-defined]
+
+    async def list(self, path: str = ".") -> list[Any]:
+        return (await self._sys.call("fs.list", path=path)).entries  # type: ignore[attr-defined]
+
+
+def _messages(messages: str | list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
+    msgs = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+    if system is not None:
+        msgs = [{"role": "system", "content": system}, *msgs]
+    return msgs

@@ -1,0 +1,44 @@
+"""What a process may do, fixed when it is spawned and never more than its parent may.
+
+`allow` holds syscall name patterns ("llm.chat", "proc.*", "*"). A child's capabilities are
+checked against its own patterns and, through `parent`, against every ancestor's: asking for
+more than the parent has simply yields the intersection. `fs_root` confines the fs.* syscalls;
+a child's root can only be its parent's or a folder inside it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    allow: tuple[str, ...] = ("*",)
+    parent: "Capabilities | None" = None
+    fs_root: Path = field(default_factory=lambda: Path(os.getcwd()).resolve())
+
+    def allows(self, syscall: str) -> bool:
+        if not any(fnmatchcase(syscall, pattern) for pattern in self.allow):
+            return False
+        return self.parent is None or self.parent.allows(syscall)
+
+    def narrowed(self, allow: list[str] | None = None, fs_root: str | None = None) -> "Capabilities":
+        """Capabilities for a child: the parent's, further limited to `allow` and to a folder
+        inside the parent's root. Raises ValueError for a root outside the parent's."""
+        root = self.fs_root
+        if fs_root is not None:
+            root = (self.fs_root / fs_root).resolve()
+            if not root.is_relative_to(self.fs_root):
+                raise ValueError(f"fs_root {fs_root!r} is outside the parent's root")
+        if allow is None and root == self.fs_root:
+            return self
+        return Capabilities(tuple(allow) if allow is not None else ("*",), parent=self, fs_root=root)
+
+    def describe(self) -> list[str]:
+        if self.parent is None:
+            return list(self.allow)
+        return [*self.allow, "(within parent's)"]
+

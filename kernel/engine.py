@@ -1,0 +1,147 @@
+"""The LLM engine: the kernel task that time-slices the shared model.
+
+Loop: ask the scheduler for this step's work, run one batched forward pass (in a worker
+thread, so the trio loop keeps serving syscalls, the shell and streams meanwhile), sample, hand
+each process its new text, retire finished sequences. Requests join and leave between steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+import trio
+
+from llmos.kernel.backend import Backend, WorkItem
+from llmos.kernel.process import Process, ProcState
+from llmos.kernel.sampling import SamplingParams, sample
+from llmos.kernel.scheduler import Scheduled, Scheduler
+from llmos.kernel.sequence import Sequence, SeqStatus
+
+
+class ContextTooLong(ValueError):
+    pass
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    tokens_generated: int = 0
+    tokens_prefilled: int = 0
+    busy_time: float = 0.0  # seconds inside forward passes
+    batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
+
+    def note_batch(self, n: int) -> None:
+        self.batch_sizes.append(n)
+        if len(self.batch_sizes) > 256:
+            del self.batch_sizes[:128]
+
+
+class Engine:
+    def __init__(self, backend: Backend, scheduler: Scheduler) -> None:
+        self.backend = backend
+        self.scheduler = scheduler
+        self.stats = EngineStats()
+        self._wakeup = trio.Event()
+        self._channels: dict[int, trio.MemorySendChannel[str]] = {}  # id(seq) -> text sink
+        self._receivers: dict[int, trio.MemoryReceiveChannel[str]] = {}
+
+    # -- the process side ---------------------------------------------------------------
+
+    def submit(self, proc: Process, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        """Queue one completion for `proc`. Whatever prefix of the prompt the process's retained
+        KV cache already holds is reused, not prefilled again."""
+        room = self.backend.max_context - len(prompt_ids)
+        if room < 1 or not prompt_ids:
+            raise ContextTooLong(
+                f"prompt is {len(prompt_ids)} tokens; the model's context holds {self.backend.max_context}"
+            )
+        params.max_tokens = min(params.max_tokens, room)
+        kv = proc.kv if proc.kv is not None else self.backend.new_kv()
+        # Keep the cached prefix, but always feed the last prompt token: its logits are needed.
+        kv.truncate(min(kv.common_prefix(prompt_ids), len(prompt_ids) - 1))
+        proc.kv = kv
+        proc.prompt_tokens += len(prompt_ids)
+        seq = Sequence(proc, prompt_ids, params, kv, self.backend.decode, self.backend.eos_ids)
+        send, recv = trio.open_memory_channel[str](math.inf)
+        self._channels[id(seq)] = send
+        self._receivers[id(seq)] = recv
+        self.scheduler.add(seq)
+        proc.state, proc.wchan = ProcState.READY, "llm"
+        self._wakeup.set()
+        return seq
+
+    def output(self, seq: Sequence) -> trio.MemoryReceiveChannel[str]:
+        """The text of a submitted sequence, as it is produced; closed when it finishes."""
+        return self._receivers.pop(id(seq))
+
+    def release(self, seq: Sequence) -> None:
+        """Called by whoever submitted `seq`, always, when done with it. If it has not finished
+        (the process was killed, or the call timed out) it leaves the batch now."""
+        self._channels.pop(id(seq), None)
+        self._receivers.pop(id(seq), None)
+        if seq.status is not SeqStatus.FINISHED:
+            seq.cancelled = True
+            self.scheduler.remove(seq)
+            # A forward pass may still be writing this cache: the process starts a fresh one.
+            if seq.owner.kv is seq.kv:
+                seq.owner.kv = None
+        if seq.owner.wchan == "llm":
+            seq.owner.state, seq.owner.wchan = ProcState.RUNNING, ""
+
+    # -- the kernel side ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            if not len(self.scheduler):
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
+            plan = self.scheduler.schedule()
+            for seq in self.scheduler.waiting:
+                seq.owner.state = ProcState.READY
+            for seq in self.scheduler.running:
+                seq.owner.state = ProcState.RUNNING
+            items = [WorkItem(s.seq.kv, s.seq.pending(s.n_tokens), s.want_logits) for s in plan]
+            started = time.monotonic()
+            tokens = await trio.to_thread.run_sync(self._forward, plan, items)
+            elapsed = time.monotonic() - started
+            self._finish_step(plan, items, tokens, elapsed)
+
+    def _forward(self, plan: list[Scheduled], items: list[WorkItem]) -> list[int | None]:
+        logits = self.backend.step(items)
+        tokens: list[int | None] = []
+        row = 0
+        for s in plan:
+            if s.want_logits:
+                tokens.append(sample(logits[row], s.seq.params, s.seq.generator))
+                row += 1
+            else:
+                tokens.append(None)
+        return tokens
+
+    def _finish_step(self, plan: list[Scheduled], items: list[WorkItem], tokens: list[int | None], elapsed: float) -> None:
+        self.stats.steps += 1
+        self.stats.busy_time += elapsed
+        self.stats.note_batch(len(plan))
+        for s, item, token in zip(plan, items, tokens):
+            seq, proc = s.seq, s.seq.owner
+            if seq.cancelled:
+                continue
+            proc.llm_time += elapsed
+            if len(item.tokens) > 1:
+                self.stats.tokens_prefilled += len(item.tokens)
+            if token is None:
+                continue
+            delta = seq.append(token)
+            proc.generated_tokens += 1
+            self.stats.tokens_generated += 1
+            self.scheduler.account(seq, 1)
+            send = self._channels.get(id(seq))
+            if delta and send is not None:
+                send.send_nowait(delta)
+            if seq.status is SeqStatus.FINISHED:
+                self.scheduler.remove(seq)
+                if send is not None:
+                    send.close()
+

@@ -1,0 +1,201 @@
+"""The kernel: owns the process table, the LLM engine and the tasks processes run in.
+
+Structured like a trio program should be: `Kernel.boot()` opens one nursery; the engine and
+every process run inside it, and leaving the `async with` cancels them all. A process that
+raises becomes a ZOMBIE with its traceback as exit reason; nothing it does reaches the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
+
+import trio
+
+from llmos.config import KernelConfig
+from llmos.kernel import program
+from llmos.kernel.backend import Backend
+from llmos.kernel.capabilities import Capabilities
+from llmos.kernel.engine import Engine
+from llmos.kernel.events import Event, EventBus
+from llmos.kernel.process import Process, ProcessTable, ProcState
+from llmos.kernel.scheduler import Scheduler
+
+KERNEL_PID = 0
+EXIT_ERROR = 1
+EXIT_KILLED = 137  # 128 + SIGKILL, as shells report it
+
+HandleFactory = Callable[["Kernel", Process], Any]
+
+
+class ProcessExit(BaseException):
+    """Raised inside a process by `proc.exit`; a BaseException so that an agent's
+    `except Exception` cannot swallow it."""
+
+    def __init__(self, code: int, result: Any = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.result = result
+
+
+class TableFull(RuntimeError):
+    pass
+
+
+class Kernel:
+    def __init__(self, config: KernelConfig, backend: Backend, handle_factory: HandleFactory) -> None:
+        self.config = config
+        self.backend = backend
+        self.scheduler = Scheduler(config.policy, config.max_batch, config.quantum, config.prefill_chunk)
+        self.engine = Engine(backend, self.scheduler)
+        self.procs = ProcessTable(config.max_processes)
+        self.events = EventBus()
+        self.handle_factory = handle_factory
+        self.caps: dict[int, Capabilities] = {}
+        self._nursery: trio.Nursery | None = None
+        self._exits = trio.Event()  # set (and replaced) whenever a process exits
+
+    @classmethod
+    @asynccontextmanager
+    async def boot(
+        cls,
+        config: KernelConfig | None = None,
+        backend: Backend | None = None,
+        handle_factory: HandleFactory | None = None,
+    ) -> AsyncIterator["Kernel"]:
+        config = config or KernelConfig()
+        if backend is None:
+            backend = await trio.to_thread.run_sync(Backend.load, config.model, config.dtype, config.threads)
+        if handle_factory is None:
+            from llmos.runtime import local_handle  # the SDK sits above the kernel
+
+            handle_factory = local_handle
+        kernel = cls(config, backend, handle_factory)
+        async with trio.open_nursery() as nursery:
+            kernel._nursery = nursery
+            nursery.start_soon(kernel.engine.run)
+            try:
+                yield kernel
+            finally:
+                nursery.cancel_scope.cancel()
+
+    # -- processes -----------------------------------------------------------------------
+
+    def session(self, name: str, caps: Capabilities | None = None) -> Process:
+        """A process entry for an external client (the shell, `llmos run`, a daemon client):
+        it has no task of its own; its code runs outside and calls in."""
+        proc = self._new_process(KERNEL_PID, name, f"<{name}>", [], 0, caps or Capabilities(), ProcState.RUNNING)
+        proc.session = True
+        return proc
+
+    def spawn(
+        self,
+        parent: Process | None,
+        spec: str,
+        args: list[str] | None = None,
+        name: str | None = None,
+        nice: int = 0,
+        caps: Capabilities | None = None,
+    ) -> Process:
+        """Load `spec` and start it as a child of `parent`. Raises program.ProgramError, TableFull."""
+        entry = program.load(spec)
+        ppid = parent.pid if parent else KERNEL_PID
+        parent_caps = self.caps.get(ppid) or Capabilities()
+        proc = self._new_process(ppid, name or _program_name(spec), spec, list(args or []), nice, caps or parent_caps)
+        assert self._nursery is not None, "kernel is not booted"
+        self._nursery.start_soon(self._run, proc, entry, name=f"pid {proc.pid}")
+        return proc
+
+    def _new_process(
+        self, ppid: int, name: str, spec: str, args: list[str], nice: int, caps: Capabilities, state=ProcState.READY
+    ) -> Process:
+        if self.procs.live_count() >= self.config.max_processes:
+            raise TableFull(f"process table is full ({self.config.max_processes} live processes)")
+        proc = Process(pid=self.procs.allocate_pid(), ppid=ppid, name=name, program=spec, args=args, nice=nice)
+        proc.state = state
+        self.procs.add(proc)
+        self.caps[proc.pid] = caps
+        self.events.publish(Event(proc.pid, "spawn", f"{name} ({spec}) {' '.join(args)}".strip()))
+        return proc
+
+    async def _run(self, proc: Process, entry: program.Entry) -> None:
+        handle = self.handle_factory(self, proc)
+        with proc.cancel_scope:
+            proc.state = ProcState.RUNNING
+            try:
+                result = await entry(handle, proc.args)
+            except ProcessExit as exc:
+                self._exit(proc, exc.code, "exited", exc.result)
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:  # the agent's bug, never the kernel's
+                if isinstance(exc, SystemExit):
+                    self._exit(proc, exc.code if isinstance(exc.code, int) else EXIT_ERROR, "exited")
+                else:
+                    self._exit(proc, EXIT_ERROR, "".join(traceback.format_exception(exc)).rstrip())
+            else:
+                self._exit(proc, 0, "exited", result)
+        if proc.alive:  # our cancel scope absorbed a kill
+            self._exit(proc, EXIT_KILLED, "killed")
+
+    def _exit(self, proc: Process, code: int, reason: str, result: Any = None) -> None:
+        if not proc.alive:
+            return
+        proc.exit_code, proc.exit_reason, proc.result = code, reason, _jsonable(result)
+        proc.state, proc.wchan = ProcState.ZOMBIE, ""
+        proc.ended = time.time()
+        proc.kv = None  # frees its KV cache
+        for child in self.procs.children(proc.pid):
+            child.ppid = KERNEL_PID  # orphans are adopted by the kernel
+            if not child.alive:
+                self.procs.remove(child.pid)
+        proc.exited.set()
+        self._exits.set()
+        self._exits = trio.Event()
+        first_line = reason.splitlines()[-1] if reason else ""
+        self.events.publish(Event(proc.pid, "exit", f"exit {code}: {first_line}"))
+        if proc.session:
+            self.procs.remove(proc.pid)  # a closed session leaves nothing to reap
+
+    def end_session(self, proc: Process) -> None:
+        self._exit(proc, 0, "exited")
+
+    def kill(self, proc: Process) -> None:
+        if not proc.alive:
+            return
+        proc.killed = True
+        self.events.publish(Event(proc.pid, "signal", "killed"))
+        if proc.session:
+            self._exit(proc, EXIT_KILLED, "killed")
+        else:
+            proc.cancel_scope.cancel()
+
+    async def wait(self, parent: Process, pid: int | None) -> Process | None:
+        """Wait for a child (a given one, or any) to exit and reap it. None if there is no such child."""
+        while True:
+            children = [c for c in self.procs.children(parent.pid) if pid is None or c.pid == pid]
+            if not children:
+                return None
+            for child in children:
+                if not child.alive:
+                    self.procs.remove(child.pid)
+                    return child
+            await self._exits.wait()
+
+
+def _program_name(spec: str) -> str:
+    base = spec.rstrip("/").rsplit("/", 1)[-1]
+    base = base.split(":", 1)[0]
+    return base[:-3] if base.endswith(".py") else base.rsplit(".", 1)[-1]
+
+
+def _jsonable(value: Any) -> Any:
+    """A process result crosses the syscall boundary, perhaps over a socket: keep it JSON."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)

@@ -1,0 +1,100 @@
+"""The process: one running agent program, and the table of all of them (xv6's proc.c).
+
+States, as the shell shows them:
+  READY     wants the model and waits for a place in the running batch (new or preempted)
+  RUNNING   in the running batch, or executing its own program code
+  BLOCKED   inside a syscall that waits on something else (wait, recv, a tool)
+  SLEEPING  in `sleep`
+  STOPPED   stopped by a signal, until continued
+  ZOMBIE    exited; its status waits for the parent's `proc.wait`
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import trio
+
+from llmos.kernel.kvcache import SequenceKV
+
+LOG_LINES = 1000  # per process; older lines are dropped
+
+
+class ProcState(str, Enum):
+    READY = "READY"
+    RUNNING = "RUNNING"
+    BLOCKED = "BLOCKED"
+    SLEEPING = "SLEEPING"
+    STOPPED = "STOPPED"
+    ZOMBIE = "ZOMBIE"
+
+
+@dataclass
+class Process:
+    pid: int
+    ppid: int
+    name: str
+    program: str
+    args: list[str]
+    nice: int = 0
+    priority: int = 0
+    state: ProcState = ProcState.READY
+    wchan: str = ""  # what a BLOCKED/READY process waits on, e.g. "llm", "proc.wait"
+    created: float = field(default_factory=time.time)
+    ended: float | None = None
+    exit_code: int | None = None
+    exit_reason: str = ""  # "exited", "killed", or the traceback of an uncaught exception
+    result: Any = None  # the program's return value, handed to the parent by proc.wait
+    killed: bool = False
+    session: bool = False  # stands for an external client (shell, daemon client): no task of its own
+    # accounting
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    llm_time: float = 0.0  # seconds spent in the running batch
+    syscalls: int = 0
+    vruntime: float = 0.0  # weighted tokens, for fair share
+    # kernel resources
+    kv: SequenceKV | None = None
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    exited: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def alive(self) -> bool:
+        return self.state is not ProcState.ZOMBIE
+
+
+class ProcessTable:
+    """pid -> Process. Pid 0 is the kernel itself (the parent of processes the shell starts)."""
+
+    def __init__(self, max_processes: int) -> None:
+        self.max_processes = max_processes
+        self.procs: dict[int, Process] = {}
+        self._next_pid = 1
+
+    def allocate_pid(self) -> int:
+        pid = self._next_pid
+        self._next_pid += 1
+        return pid
+
+    def add(self, proc: Process) -> None:
+        self.procs[proc.pid] = proc
+
+    def get(self, pid: int) -> Process | None:
+        return self.procs.get(pid)
+
+    def remove(self, pid: int) -> None:
+        self.procs.pop(pid, None)
+
+    def children(self, ppid: int) -> list[Process]:
+        return [p for p in self.procs.values() if p.ppid == ppid]
+
+    def live_count(self) -> int:
+        return sum(1 for p in self.procs.values() if p.alive)
+
+    def __iter__(self):
+        return iter(sorted(self.procs.values(), key=lambda p: p.pid))

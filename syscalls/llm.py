@@ -1,0 +1,84 @@
+"""llm.chat: a completion from the shared model, scheduled with everyone else's."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from llmos.kernel.engine import ContextTooLong
+from llmos.kernel.events import Event
+from llmos.kernel.sampling import SamplingParams
+from llmos.syscalls.errors import Errno, SyscallError
+from llmos.syscalls.table import Call, syscall
+
+MAX_MESSAGE_CHARS = 200_000
+
+
+class Message(BaseModel):
+    model_config = {"extra": "forbid"}
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    messages: list[Message] = Field(min_length=1, max_length=4096)
+    max_tokens: int = Field(default=256, ge=1, le=32768)
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list, max_length=16)
+    stream: bool = False
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # prompt tokens whose KV was reused from the process's cache
+
+
+class ChatResponse(BaseModel):
+    content: str
+    finish_reason: str
+    usage: Usage
+    ttft: float  # seconds from the call to the first token
+
+
+class ChatChunk(BaseModel):
+    delta: str
+
+
+@syscall("llm.chat", ChatRequest, ChatResponse, chunk=ChatChunk)
+async def chat(call: Call, req: ChatRequest) -> ChatResponse:
+    """Chat completion from the shared model. With stream=true, text arrives in chunks."""
+    kernel, proc = call.kernel, call.proc
+    if proc.wchan == "llm":
+        raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
+    started = time.monotonic()
+    prompt = kernel.backend.encode_chat([m.model_dump() for m in req.messages])
+    params = SamplingParams(req.temperature, req.top_p, req.max_tokens, [s for s in req.stop if s], req.seed)
+    cached_before = proc.kv.common_prefix(prompt) if proc.kv is not None else 0
+    try:
+        seq = kernel.engine.submit(proc, prompt, params)
+    except ContextTooLong as exc:
+        raise SyscallError(Errno.E2BIG, str(exc)) from None
+    try:
+        async for delta in kernel.engine.output(seq):
+            kernel.events.publish(Event(proc.pid, "text", delta))
+            if req.stream:
+                await call.send(ChatChunk(delta=delta))
+    finally:
+        kernel.engine.release(seq)
+    kernel.events.publish(Event(proc.pid, "text", "\n"))
+    return ChatResponse(
+        content=seq.text,
+        finish_reason=seq.finish_reason or "stop",
+        usage=Usage(
+            prompt_tokens=len(prompt),
+            completion_tokens=len(seq.output_ids),
+            cached_tokens=min(cached_before, len(prompt) - 1),
+        ),
+        ttft=round((seq.first_token_at or time.monotonic()) - started, 4),
+    )
