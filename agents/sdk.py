@@ -67,6 +67,23 @@ class Sys:
     async def log(self, message: str, level: str = "info") -> None:
         await self.call("log", message=message, level=level)
 
+    async def stat(self) -> Any:
+        """Kernel figures (model, policy, tokens, steps, KV bytes): a KernelStat."""
+        return await self.call("kernel.stat")
+
+    async def read_log(self, pid: int, tail: int = 200) -> list[str]:
+        return (await self.call("log.read", pid=pid, tail=tail)).lines  # type: ignore[attr-defined]
+
+    async def follow_log(self, pid: int, on_event: Callable[[Any], Any]) -> None:
+        """Call `on_event` with each LogEvent of process `pid` until it exits."""
+
+        async def emit(chunk: BaseModel) -> None:
+            out = on_event(chunk)
+            if inspect.isawaitable(out):
+                await out
+
+        await self.call("log.follow", emit, pid=pid)
+
 
 class LLM:
     def __init__(self, sys: Sys) -> None:

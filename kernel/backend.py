@@ -104,6 +104,29 @@ class Backend:
         return out.logits[0].float()
 
 
+    @torch.inference_mode()
+    def hf_generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy completion by transformers' own `generate`, one request alone: the reference
+        that batched outputs are checked against, and the baseline that benchmarks beat."""
+        self.model.set_attn_implementation("sdpa")
+        try:
+            out = self.model.generate(
+                torch.tensor([prompt_ids]),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=sorted(self.eos_ids),
+                pad_token_id=min(self.eos_ids),
+            )
+        finally:
+            self.model.set_attn_implementation(attention.ATTN_NAME)
+        new = out[0, len(prompt_ids) :].tolist()
+        return new[:-1] if new and new[-1] in self.eos_ids else new
+
+
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), model.config):

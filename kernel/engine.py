@@ -45,6 +45,7 @@ class Engine:
         self._wakeup = trio.Event()
         self._channels: dict[int, trio.MemorySendChannel[str]] = {}  # id(seq) -> text sink
         self._receivers: dict[int, trio.MemoryReceiveChannel[str]] = {}
+        self.recorded: list[tuple[list[int], SamplingParams]] | None = None  # set to a list to record calls
 
     # -- the process side ---------------------------------------------------------------
 
@@ -62,6 +63,8 @@ class Engine:
         kv.truncate(min(kv.common_prefix(prompt_ids), len(prompt_ids) - 1))
         proc.kv = kv
         proc.prompt_tokens += len(prompt_ids)
+        if self.recorded is not None:
+            self.recorded.append((list(prompt_ids), params))
         seq = Sequence(proc, prompt_ids, params, kv, self.backend.decode, self.backend.eos_ids)
         send, recv = trio.open_memory_channel[str](math.inf)
         self._channels[id(seq)] = send

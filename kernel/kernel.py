@@ -56,6 +56,7 @@ class Kernel:
         self.handle_factory = handle_factory
         self.caps: dict[int, Capabilities] = {}
         self._nursery: trio.Nursery | None = None
+        self.started = time.time()
         self._exits = trio.Event()  # set (and replaced) whenever a process exits
 
     @classmethod

@@ -12,7 +12,7 @@ States, as the shell shows them:
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -22,6 +22,7 @@ import trio
 from llmos.kernel.kvcache import SequenceKV
 
 LOG_LINES = 1000  # per process; older lines are dropped
+REAPED_KEPT = 256  # reaped processes whose record (and log) stays readable
 
 
 class ProcState(str, Enum):
@@ -67,6 +68,11 @@ class Process:
     def alive(self) -> bool:
         return self.state is not ProcState.ZOMBIE
 
+    def write_log(self, level: str, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        for line in message.splitlines() or [""]:
+            self.log.append(f"{stamp} {level:<7} {line}")
+
 
 class ProcessTable:
     """pid -> Process. Pid 0 is the kernel itself (the parent of processes the shell starts)."""
@@ -74,6 +80,7 @@ class ProcessTable:
     def __init__(self, max_processes: int) -> None:
         self.max_processes = max_processes
         self.procs: dict[int, Process] = {}
+        self.reaped: OrderedDict[int, Process] = OrderedDict()  # recently reaped, for their logs
         self._next_pid = 1
 
     def allocate_pid(self) -> int:
@@ -88,7 +95,15 @@ class ProcessTable:
         return self.procs.get(pid)
 
     def remove(self, pid: int) -> None:
-        self.procs.pop(pid, None)
+        proc = self.procs.pop(pid, None)
+        if proc is not None:
+            self.reaped[pid] = proc
+            while len(self.reaped) > REAPED_KEPT:
+                self.reaped.popitem(last=False)
+
+    def lookup(self, pid: int) -> Process | None:
+        """A process in the table, or one recently reaped."""
+        return self.procs.get(pid) or self.reaped.get(pid)
 
     def children(self, ppid: int) -> list[Process]:
         return [p for p in self.procs.values() if p.ppid == ppid]

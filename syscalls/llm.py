@@ -72,6 +72,7 @@ async def chat(call: Call, req: ChatRequest) -> ChatResponse:
     finally:
         kernel.engine.release(seq)
     kernel.events.publish(Event(proc.pid, "text", "\n"))
+    proc.write_log("llm", f"[{len(seq.output_ids)} tokens, {seq.finish_reason}] {seq.text}")
     return ChatResponse(
         content=seq.text,
         finish_reason=seq.finish_reason or "stop",

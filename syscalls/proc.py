@@ -117,7 +117,7 @@ class PidRequest(BaseModel):
 @syscall("proc.kill", PidRequest, Ok)
 async def kill(call: Call, req: PidRequest) -> Ok:
     """Kill a process (the caller itself or one of its descendants)."""
-    target = _target(call, req.pid)
+    target = target_process(call, req.pid)
     call.kernel.kill(target)
     if target is call.proc:
         await trio.lowlevel.checkpoint()  # lets the cancellation land now
@@ -165,7 +165,7 @@ class NiceResponse(BaseModel):
 @syscall("proc.nice", NiceRequest, NiceResponse)
 async def nice(call: Call, req: NiceRequest) -> NiceResponse:
     """Set the nice value (scheduling weight) of the caller or a descendant."""
-    target = _target(call, call.proc.pid if req.pid is None else req.pid)
+    target = target_process(call, call.proc.pid if req.pid is None else req.pid)
     _check_nice(call.proc, req.nice)
     target.nice = req.nice
     return NiceResponse(pid=target.pid, nice=target.nice)
@@ -247,10 +247,10 @@ async def sleep(call: Call, req: SleepRequest) -> Ok:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _target(call: Call, pid: int) -> Process:
+def target_process(call: Call, pid: int, alive: bool = True) -> Process:
     """A process the caller may act on: itself, or a descendant; sessions may act on any."""
-    target = call.kernel.procs.get(pid)
-    if target is None or not target.alive:
+    target = call.kernel.procs.get(pid) if alive else call.kernel.procs.lookup(pid)
+    if target is None or (alive and not target.alive):
         raise SyscallError(Errno.ESRCH, f"no such process: {pid}")
     if call.proc.session or _is_descendant(call, target):
         return target

@@ -1,0 +1,50 @@
+"""kernel.stat: the kernel's own figures, for `top`, the demo and operators."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel
+
+from llmos.syscalls.proc import Empty
+from llmos.syscalls.table import Call, syscall
+
+
+class KernelStat(BaseModel):
+    model: str
+    policy: str
+    max_batch: int
+    quantum: int
+    uptime: float
+    processes: int
+    running: int  # sequences in the decode batch now
+    waiting: int  # sequences waiting for a place in it
+    steps: int
+    tokens_generated: int
+    tokens_prefilled: int
+    busy_time: float
+    preemptions: int
+    kv_bytes: int
+
+
+@syscall("kernel.stat", Empty, KernelStat)
+async def stat(call: Call, req: Empty) -> KernelStat:
+    """Model, policy, engine counters and memory in use."""
+    k = call.kernel
+    s = k.engine.stats
+    return KernelStat(
+        model=k.backend.name,
+        policy=k.scheduler.policy,
+        max_batch=k.scheduler.max_batch,
+        quantum=k.scheduler.quantum,
+        uptime=round(time.time() - k.started, 3),
+        processes=k.procs.live_count(),
+        running=len(k.scheduler.running),
+        waiting=len(k.scheduler.waiting),
+        steps=s.steps,
+        tokens_generated=s.tokens_generated,
+        tokens_prefilled=s.tokens_prefilled,
+        busy_time=round(s.busy_time, 3),
+        preemptions=k.scheduler.preemptions,
+        kv_bytes=sum(p.kv.nbytes for p in k.procs if p.kv is not None),
+    )
