@@ -34,7 +34,7 @@ async def run_program(config: KernelConfig, spec: str, args: list[str], quiet: b
     try:
         program.load(spec)  # fail fast, before the model loads
     except program.ProgramError as exc:
-        err.print(f"[red]llmos run:[/] {escape(str(exc))}")
+        err.print(f"[red]llmos run:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_USAGE
     async with boot(config) as kernel:
         sh = session(kernel, "run")
@@ -42,7 +42,7 @@ async def run_program(config: KernelConfig, spec: str, args: list[str], quiet: b
             try:
                 pid = await sh.proc.spawn(spec, *args)
             except SyscallError as exc:
-                err.print(f"[red]llmos run:[/] {escape(exc.message)}")
+                err.print(f"[red]llmos run:[/] {escape(exc.message)}", soft_wrap=True)
                 return EXIT_USAGE
             names = {pid: kernel.procs.get(pid).name}
 
@@ -63,5 +63,5 @@ async def run_program(config: KernelConfig, spec: str, args: list[str], quiet: b
         out = result if isinstance(result, str) else json.dumps(result, indent=2, ensure_ascii=False)
         print(out)
     else:
-        err.print(f"[red]{escape(status.name)} (pid {status.pid}) exited {status.exit_code}:[/]\n{escape(status.reason)}")
+        err.print(f"[red]{escape(status.name)} (pid {status.pid}) exited {status.exit_code}:[/]\n{escape(status.reason)}", soft_wrap=True)
     return status.exit_code

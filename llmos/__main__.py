@@ -1,0 +1,5 @@
+import sys
+
+from llmos.shell.cli import main
+
+sys.exit(main())

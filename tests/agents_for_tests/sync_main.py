@@ -1,0 +1,2 @@
+def main(sys, args):
+    return 1
