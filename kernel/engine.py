@@ -74,6 +74,10 @@ class Engine:
         self._wakeup.set()
         return seq
 
+    def wake(self) -> None:
+        """Something changed that may let the scheduler make progress (a process continued)."""
+        self._wakeup.set()
+
     def output(self, seq: Sequence) -> trio.MemoryReceiveChannel[str]:
         """The text of a submitted sequence, as it is produced; closed when it finishes."""
         return self._receivers.pop(id(seq))
@@ -102,9 +106,14 @@ class Engine:
                 continue
             plan = self.scheduler.schedule()
             for seq in self.scheduler.waiting:
-                seq.owner.state = ProcState.READY
+                if not seq.owner.stopped:
+                    seq.owner.state = ProcState.READY
             for seq in self.scheduler.running:
                 seq.owner.state = ProcState.RUNNING
+            if not plan:  # everyone who wants the model is stopped
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
             items = [WorkItem(s.seq.kv, s.seq.pending(s.n_tokens), s.want_logits) for s in plan]
             started = time.monotonic()
             tokens = await trio.to_thread.run_sync(self._forward, plan, items)

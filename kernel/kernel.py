@@ -27,6 +27,7 @@ from llmos.kernel.scheduler import Scheduler
 KERNEL_PID = 0
 EXIT_ERROR = 1
 EXIT_KILLED = 137  # 128 + SIGKILL, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 HandleFactory = Callable[["Kernel", Process], Any]
 
@@ -140,7 +141,7 @@ class Kernel:
             else:
                 self._exit(proc, 0, "exited", result)
         if proc.alive:  # our cancel scope absorbed a kill
-            self._exit(proc, EXIT_KILLED, "killed")
+            self._exit(proc, _kill_code(proc), proc.kill_reason)
 
     def _exit(self, proc: Process, code: int, reason: str, result: Any = None) -> None:
         if not proc.alive:
@@ -164,15 +165,39 @@ class Kernel:
     def end_session(self, proc: Process) -> None:
         self._exit(proc, 0, "exited")
 
-    def kill(self, proc: Process) -> None:
+    def kill(self, proc: Process, terminate: bool = False) -> None:
+        """Cancel the process's task: its `finally` blocks run, its syscalls end, it exits
+        137 "killed" (or 143 "terminated")."""
         if not proc.alive:
             return
         proc.killed = True
-        self.events.publish(Event(proc.pid, "signal", "killed"))
+        proc.kill_reason = "terminated" if terminate else "killed"
+        self.cont(proc)  # a stopped process must run to die
+        self.events.publish(Event(proc.pid, "signal", proc.kill_reason))
         if proc.session:
-            self._exit(proc, EXIT_KILLED, "killed")
+            self._exit(proc, _kill_code(proc), proc.kill_reason)
         else:
             proc.cancel_scope.cancel()
+
+    def stop(self, proc: Process) -> None:
+        """SIGSTOP: the process makes no progress (no syscall returns, no tokens) until `cont`.
+        Its KV cache and batch bookkeeping are kept, so it resumes without prefilling."""
+        if not proc.alive or proc.stopped:
+            return
+        proc.stopped = True
+        proc.continued = trio.Event()
+        proc.state_before_stop = proc.state
+        proc.state = ProcState.STOPPED
+        self.events.publish(Event(proc.pid, "signal", "stopped"))
+
+    def cont(self, proc: Process) -> None:
+        if not proc.alive or not proc.stopped:
+            return
+        proc.stopped = False
+        proc.state = proc.state_before_stop
+        proc.continued.set()
+        self.engine.wake()
+        self.events.publish(Event(proc.pid, "signal", "continued"))
 
     async def wait(self, parent: Process, pid: int | None) -> Process | None:
         """Wait for a child (a given one, or any) to exit and reap it. None if there is no such child."""
@@ -185,6 +210,10 @@ class Kernel:
                     self.procs.remove(child.pid)
                     return child
             await self._exits.wait()
+
+
+def _kill_code(proc: Process) -> int:
+    return EXIT_TERMINATED if proc.kill_reason == "terminated" else EXIT_KILLED
 
 
 def _program_name(spec: str) -> str:

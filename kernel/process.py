@@ -51,7 +51,11 @@ class Process:
     exit_reason: str = ""  # "exited", "killed", or the traceback of an uncaught exception
     result: Any = None  # the program's return value, handed to the parent by proc.wait
     killed: bool = False
+    kill_reason: str = "killed"
     session: bool = False  # stands for an external client (shell, daemon client): no task of its own
+    stopped: bool = False  # by a stop signal: no syscall or LLM progress until continued
+    continued: trio.Event = field(default_factory=trio.Event)
+    state_before_stop: ProcState = ProcState.RUNNING
     # accounting
     prompt_tokens: int = 0
     generated_tokens: int = 0

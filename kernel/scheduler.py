@@ -94,34 +94,49 @@ class Scheduler:
     # -- policy ------------------------------------------------------------------------
 
     def _preempt_expired(self) -> None:
-        if not self.waiting:
-            return
         for seq in list(self.running):
-            if seq.slice_tokens >= self.quantum and seq.num_pending <= 1 and self._prefer_waiting_over(seq):
-                self.running.remove(seq)
-                seq.status = SeqStatus.WAITING
-                seq.slice_tokens = 0
-                self.waiting.append(seq)
+            if seq.owner.stopped:
+                self._preempt(seq)  # a stopped process leaves the batch at once, keeping its KV
+            elif (
+                self._runnable_waiting()
+                and seq.slice_tokens >= self.quantum
+                and seq.num_pending <= 1
+                and self._prefer_waiting_over(seq)
+            ):
+                self._preempt(seq)
                 self.preemptions += 1
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        seq.status = SeqStatus.WAITING
+        seq.slice_tokens = 0
+        self.waiting.append(seq)
+
+    def _runnable_waiting(self) -> list[Sequence]:
+        return [s for s in self.waiting if not s.owner.stopped]
 
     def _prefer_waiting_over(self, seq: Sequence) -> bool:
         if self.policy == "rr":
             return True
+        waiting = self._runnable_waiting()
         if self.policy == "fair":
-            return min(s.owner.vruntime for s in self.waiting) < seq.owner.vruntime
-        return min(s.owner.nice for s in self.waiting) <= seq.owner.nice
+            return min(s.owner.vruntime for s in waiting) < seq.owner.vruntime
+        return min(s.owner.nice for s in waiting) <= seq.owner.nice
 
     def _admit(self) -> None:
-        while self.waiting and len(self.running) < self.max_batch:
-            seq = self._pick()
+        while len(self.running) < self.max_batch:
+            candidates = self._runnable_waiting()
+            if not candidates:
+                return
+            seq = self._pick(candidates)
             self.waiting.remove(seq)
             seq.status = SeqStatus.RUNNING
             seq.slice_tokens = 0
             self.running.append(seq)
 
-    def _pick(self) -> Sequence:
+    def _pick(self, candidates: list[Sequence]) -> Sequence:
         if self.policy == "fair":
-            return min(self.waiting, key=lambda s: s.owner.vruntime)
+            return min(candidates, key=lambda s: s.owner.vruntime)
         if self.policy == "priority":
-            return min(self.waiting, key=lambda s: s.owner.nice)  # min() keeps arrival order on ties
-        return self.waiting[0]
+            return min(candidates, key=lambda s: s.owner.nice)  # min() keeps arrival order on ties
+        return candidates[0]

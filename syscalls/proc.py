@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import trio
 from pydantic import BaseModel, Field
@@ -121,6 +121,28 @@ async def kill(call: Call, req: PidRequest) -> Ok:
     call.kernel.kill(target)
     if target is call.proc:
         await trio.lowlevel.checkpoint()  # lets the cancellation land now
+    return Ok()
+
+
+class SignalRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    pid: int
+    signal: Literal["stop", "cont", "term", "kill"]
+
+
+@syscall("proc.signal", SignalRequest, Ok)
+async def signal(call: Call, req: SignalRequest) -> Ok:
+    """Send a signal: stop (no progress until cont; KV kept), cont, term (exit 143), kill (exit 137)."""
+    target = target_process(call, req.pid)
+    kernel = call.kernel
+    if req.signal == "stop":
+        kernel.stop(target)
+    elif req.signal == "cont":
+        kernel.cont(target)
+    else:
+        kernel.kill(target, terminate=req.signal == "term")
+    if target is call.proc:
+        await trio.lowlevel.checkpoint()
     return Ok()
 
 

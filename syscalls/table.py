@@ -88,6 +88,8 @@ async def dispatch(kernel: Kernel, pid: int, name: str, args: Any = None, emit: 
     entry, request = validate(name, args)
     if not kernel.caps[pid].allows(entry.name):
         raise SyscallError(Errno.EPERM, f"{entry.name}: not permitted for process {pid} ({proc.name})")
+    if proc.stopped:  # like a signal delivered at kernel entry: wait here until continued
+        await proc.continued.wait()
     proc.syscalls += 1
     try:
         return await entry.handler(Call(kernel, proc, emit), request)

@@ -72,3 +72,33 @@ def test_priority_policy_serves_lower_nice_first(tiny_backend):
             return finished
 
     assert trio.run(main) == ["urgent", "background"]
+
+
+def test_stop_and_cont_keep_kv_and_output(tiny_backend):
+    async def main():
+        async with kernel_with(tiny_backend) as kernel:
+            sh = session(kernel, "ctl")
+            reference = (await sh.llm.chat("stop me", max_tokens=60)).content
+            worker = session(kernel, "worker")
+            result = {}
+
+            async def work():
+                result["text"] = (await worker.llm.chat("stop me", max_tokens=60)).content
+
+            proc = kernel.procs.get(worker.pid)
+            async with trio.open_nursery() as n:
+                n.start_soon(work)
+                while proc.generated_tokens < 10:
+                    await trio.sleep(0.005)
+                await sh.call("proc.signal", pid=worker.pid, signal="stop")
+                await trio.sleep(0.05)
+                frozen = proc.generated_tokens
+                state = proc.state
+                await trio.sleep(0.2)
+                assert proc.generated_tokens == frozen and proc.kv is not None
+                await sh.call("proc.signal", pid=worker.pid, signal="cont")
+            return reference, result["text"], state
+
+    reference, text, state = trio.run(main)
+    assert state.value == "STOPPED"
+    assert text == reference
