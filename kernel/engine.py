@@ -49,6 +49,10 @@ class Engine:
 
     # -- the process side ---------------------------------------------------------------
 
+    def submit_chat(self, proc: Process, messages: list[dict[str, str]], params: SamplingParams) -> Sequence:
+        """Queue a chat completion: the messages go through the model's chat template."""
+        return self.submit(proc, self.backend.encode_chat(messages), params)
+
     def submit(self, proc: Process, prompt_ids: list[int], params: SamplingParams) -> Sequence:
         """Queue one completion for `proc`. Whatever prefix of the prompt the process's retained
         KV cache already holds is reused, not prefilled again."""
@@ -66,6 +70,7 @@ class Engine:
         if self.recorded is not None:
             self.recorded.append((list(prompt_ids), params))
         seq = Sequence(proc, prompt_ids, params, kv, self.backend.decode, self.backend.eos_ids)
+        seq.cached_tokens = kv.length
         send, recv = trio.open_memory_channel[str](math.inf)
         self._channels[id(seq)] = send
         self._receivers[id(seq)] = recv

@@ -85,14 +85,14 @@ def load(spec: str, dtype: str = "float32"):
         path = converted_dir(source)
         if not (path / "config.json").exists():
             _convert_gguf(source, path)
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     return model, tokenizer, source.name
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """transformers draws tqdm bars and warnings on every load; the kernel has its own output."""
     from transformers.utils import logging as hf_logging
 
@@ -125,7 +125,7 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
         original = gguf_utils.tqdm
         gguf_utils.tqdm = tensors_with_progress
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
                 model = AutoModelForCausalLM.from_pretrained(
                     source.path, gguf_file=source.gguf_file, dtype=torch.float32
@@ -141,7 +141,7 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        with _quiet_transformers():
+        with quiet_transformers():
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         try:

@@ -43,6 +43,7 @@ class Sequence:
     first_token_at: float | None = None
     slice_tokens: int = 0  # tokens decoded since it last entered the batch
     cancelled: bool = False
+    cached_tokens: int = 0  # prompt tokens whose KV was already retained when it was submitted
     text: str = ""  # output text released so far (stop strings never appear in it)
     generator: torch.Generator = field(init=False)
 

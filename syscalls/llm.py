@@ -57,11 +57,9 @@ async def chat(call: Call, req: ChatRequest) -> ChatResponse:
     if proc.wchan == "llm":
         raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
     started = time.monotonic()
-    prompt = kernel.backend.encode_chat([m.model_dump() for m in req.messages])
     params = SamplingParams(req.temperature, req.top_p, req.max_tokens, [s for s in req.stop if s], req.seed)
-    cached_before = proc.kv.common_prefix(prompt) if proc.kv is not None else 0
     try:
-        seq = kernel.engine.submit(proc, prompt, params)
+        seq = kernel.engine.submit_chat(proc, [m.model_dump() for m in req.messages], params)
     except ContextTooLong as exc:
         raise SyscallError(Errno.E2BIG, str(exc)) from None
     try:
@@ -77,9 +75,9 @@ async def chat(call: Call, req: ChatRequest) -> ChatResponse:
         content=seq.text,
         finish_reason=seq.finish_reason or "stop",
         usage=Usage(
-            prompt_tokens=len(prompt),
+            prompt_tokens=len(seq.prompt_ids),
             completion_tokens=len(seq.output_ids),
-            cached_tokens=min(cached_before, len(prompt) - 1),
+            cached_tokens=seq.cached_tokens,
         ),
         ttft=round((seq.first_token_at or time.monotonic()) - started, 4),
     )

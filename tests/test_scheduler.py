@@ -59,16 +59,17 @@ def test_priority_policy_serves_lower_nice_first(tiny_backend):
         async with kernel_with(tiny_backend, policy="priority", max_batch=1, quantum=4) as kernel:
             finished = []
 
-            async def one(name, nice):
+            async def one(name, nice, tokens):
                 sh = session(kernel, name)
                 await sh.proc.nice(nice)
-                await sh.llm.chat(name, max_tokens=24)
+                await sh.llm.chat(name, max_tokens=tokens)
                 finished.append(name)
 
             async with trio.open_nursery() as n:
-                n.start_soon(one, "background", 10)
-                await trio.sleep(0.05)
-                n.start_soon(one, "urgent", -5)
+                n.start_soon(one, "background", 10, 400)
+                while kernel.engine.stats.tokens_generated < 2:
+                    await trio.sleep(0.001)
+                n.start_soon(one, "urgent", -5, 24)
             return finished
 
     assert trio.run(main) == ["urgent", "background"]

