@@ -11,7 +11,7 @@ import json
 import time
 import traceback
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import trio
 
@@ -22,7 +22,11 @@ from llmos.kernel.capabilities import Capabilities
 from llmos.kernel.engine import Engine
 from llmos.kernel.events import Event, EventBus
 from llmos.kernel.process import Process, ProcessTable, ProcState
+from llmos.kernel.remote_engine import RemoteModel, is_remote
 from llmos.kernel.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from llmos.kernel.persist import Journal
 
 KERNEL_PID = 0
 EXIT_ERROR = 1
@@ -47,11 +51,12 @@ class TableFull(RuntimeError):
 
 
 class Kernel:
-    def __init__(self, config: KernelConfig, backend: Backend, handle_factory: HandleFactory) -> None:
+    def __init__(self, config: KernelConfig, backend: Backend | RemoteModel, handle_factory: HandleFactory) -> None:
         self.config = config
         self.backend = backend
         self.scheduler = Scheduler(config.policy, config.max_batch, config.quantum, config.prefill_chunk)
-        self.engine = Engine(backend, self.scheduler)
+        remote = isinstance(backend, RemoteModel)  # an OpenAI-protocol server: kernel/remote_engine.py
+        self.engine = backend.new_engine(self.scheduler) if remote else Engine(backend, self.scheduler)
         self.procs = ProcessTable(config.max_processes)
         self.events = EventBus()
         self.handle_factory = handle_factory
@@ -59,6 +64,7 @@ class Kernel:
         self._nursery: trio.Nursery | None = None
         self.started = time.time()
         self._exits = trio.Event()  # set (and replaced) whenever a process exits
+        self.journal: Journal | None = None  # kernel/persist.py, when the daemon keeps state on disk
 
     @classmethod
     @asynccontextmanager
@@ -69,7 +75,9 @@ class Kernel:
         handle_factory: HandleFactory | None = None,
     ) -> AsyncIterator["Kernel"]:
         config = config or KernelConfig()
-        if backend is None:
+        if backend is None and is_remote(config.model):
+            backend = await RemoteModel.open(config.model)
+        elif backend is None:
             backend = await trio.to_thread.run_sync(Backend.load, config.model, config.dtype, config.threads)
         if handle_factory is None:
             from llmos.runtime import local_handle  # the SDK sits above the kernel
@@ -161,6 +169,12 @@ class Kernel:
         self.events.publish(Event(proc.pid, "exit", f"exit {code}: {first_line}"))
         if proc.session:
             self.procs.remove(proc.pid)  # a closed session leaves nothing to reap
+        self.commit()
+
+    def commit(self) -> None:
+        """Make the process table durable now, when a journal keeps it (kernel/persist.py)."""
+        if self.journal is not None:
+            self.journal.commit(self)
 
     def end_session(self, proc: Process) -> None:
         self._exit(proc, 0, "exited")
@@ -172,9 +186,10 @@ class Kernel:
             return
         proc.killed = True
         proc.kill_reason = "terminated" if terminate else "killed"
-        self.cont(proc)  # a stopped process must run to die
+        if not proc.exec_pending:  # (a restored process has nothing to run: it just ends)
+            self.cont(proc)  # a stopped process must run to die
         self.events.publish(Event(proc.pid, "signal", proc.kill_reason))
-        if proc.session:
+        if proc.session or proc.exec_pending:  # no task of its own to cancel
             self._exit(proc, _kill_code(proc), proc.kill_reason)
         else:
             proc.cancel_scope.cancel()
@@ -198,6 +213,20 @@ class Kernel:
         proc.continued.set()
         self.engine.wake()
         self.events.publish(Event(proc.pid, "signal", "continued"))
+        if proc.exec_pending:
+            self._exec(proc)
+
+    def _exec(self, proc: Process) -> None:
+        """Start a restored process's program again from its spec: a coroutine cannot be
+        checkpointed mid-flight, so what survives a restart is its record, log and memory."""
+        proc.exec_pending = False
+        try:
+            entry = program.load(proc.program)
+        except program.ProgramError as exc:
+            self._exit(proc, EXIT_ERROR, f"cannot restart: {exc}")
+            return
+        assert self._nursery is not None, "kernel is not booted"
+        self._nursery.start_soon(self._run, proc, entry, name=f"pid {proc.pid}")
 
     async def wait(self, parent: Process, pid: int | None) -> Process | None:
         """Wait for a child (a given one, or any) to exit and reap it. None if there is no such child."""

@@ -54,6 +54,7 @@ class Process:
     kill_reason: str = "killed"
     session: bool = False  # stands for an external client (shell, daemon client): no task of its own
     stopped: bool = False  # by a stop signal: no syscall or LLM progress until continued
+    exec_pending: bool = False  # restored after a restart, no task yet: `cont` starts its program anew
     continued: trio.Event = field(default_factory=trio.Event)
     state_before_stop: ProcState = ProcState.RUNNING
     # accounting
@@ -65,6 +66,7 @@ class Process:
     # kernel resources
     kv: SequenceKV | None = None
     log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    log_count: int = 0  # lines ever written; the journal persists those it has not seen
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     exited: trio.Event = field(default_factory=trio.Event)
 
@@ -76,6 +78,7 @@ class Process:
         stamp = time.strftime("%H:%M:%S")
         for line in message.splitlines() or [""]:
             self.log.append(f"{stamp} {level:<7} {line}")
+            self.log_count += 1
 
 
 class ProcessTable:
@@ -91,6 +94,14 @@ class ProcessTable:
         pid = self._next_pid
         self._next_pid += 1
         return pid
+
+    @property
+    def next_pid(self) -> int:
+        return self._next_pid
+
+    def reserve(self, next_pid: int) -> None:
+        """Hand out no pid below `next_pid`: pids, and what is filed under them, survive restarts."""
+        self._next_pid = max(self._next_pid, next_pid)
 
     def add(self, proc: Process) -> None:
         self.procs[proc.pid] = proc

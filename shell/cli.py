@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from llmos.config import KernelConfig
 from llmos.kernel.scheduler import POLICIES
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("program", help="path/to/agent.py, module[:function] or a bundled example name")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
     run.add_argument("--quiet", action="store_true", help="print only the program's result")
+    run.add_argument("--remote", action="store_true", help="run it here against the running daemon's kernel")
+    run.add_argument("--socket", type=Path, default=None, help="the daemon's socket (with --remote)")
     _kernel_args(run)
 
     demo = sub.add_parser("demo", help="several agents at once on the local model, streamed live")
@@ -43,8 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     _kernel_args(demo)
 
-    shell = sub.add_parser("shell", help="interactive shell")
+    shell = sub.add_parser("shell", help="interactive shell (on the running daemon if there is one)")
+    shell.add_argument("--local", action="store_true", help="boot a kernel here even if a daemon is running")
+    shell.add_argument("--socket", type=Path, default=None, help="the daemon's socket (default: in the data dir)")
     _kernel_args(shell)
+
+    daemon = sub.add_parser("daemon", help="run the kernel headless: Unix socket, OpenAI-compatible HTTP, persistence")
+    daemon.add_argument("--socket", type=Path, default=None, help="socket path (default: DATA/daemon.sock)")
+    daemon.add_argument("--http", default="127.0.0.1:8470", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:8470)")
+    daemon.add_argument("--no-http", action="store_true", help="no HTTP listener")
+    daemon.add_argument("--resume", action="store_true", help="start restored processes again at once (default: STOPPED until cont)")
+    daemon.add_argument("--max-clients", type=int, default=256, help="connections at once, per listener")
+    daemon.add_argument("--max-inflight", type=int, default=32, help="calls in flight per client")
+    daemon.add_argument("--max-frame", type=int, default=8 * 2**20, help="largest request frame in bytes")
+    daemon.add_argument("--no-persist", action="store_true", help="keep no journal (nothing survives a restart)")
+    daemon.add_argument("--fsync", action="store_true", help="journal commits survive power loss, not only a crash")
+    _kernel_args(daemon)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("which", choices=["sched"], help="which benchmark")
@@ -57,10 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import trio
 
+    if args.command == "run" and args.remote:
+        from llmos.shell.run import run_remote
+
+        return trio.run(run_remote, args.program, args.args, args.quiet, args.socket)
     if args.command == "run":
         from llmos.shell.run import run_program
 
         return trio.run(run_program, config_from(args), args.program, args.args, args.quiet)
+    if args.command == "daemon":
+        return _daemon(args)
     if args.command == "demo":
         from llmos.shell.demo import demo
 
@@ -68,12 +91,45 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "shell":
         from llmos.shell.shell import run_shell
 
-        return trio.run(run_shell, config_from(args))
+        return trio.run(run_shell, config_from(args), args.socket, args.local)
     if args.command == "bench":
         from llmos.benchmarks import sched
 
         return sched.main(args.rest)
     return 2
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    import trio
+
+    from llmos.config import data_dir
+    from llmos.kernel.daemon import DaemonError, DaemonSettings, run
+    from llmos.kernel.remote_engine import RemoteModelError
+
+    if sys.version_info < (3, 11):
+        from exceptiongroup import BaseExceptionGroup
+
+    http = None
+    if not args.no_http:
+        host, _, port = args.http.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"llmos daemon: --http wants HOST:PORT, got {args.http!r}", file=sys.stderr)
+            return 2
+        http = (host.strip("[]"), int(port))
+    settings = DaemonSettings(
+        home=data_dir(), socket=args.socket, http=http, max_frame=args.max_frame, max_clients=args.max_clients,
+        max_inflight=args.max_inflight, resume=args.resume, persist=not args.no_persist,
+        synchronous="FULL" if args.fsync else "NORMAL",
+    )
+    try:
+        return trio.run(run, config_from(args), settings, lambda text: print(text, flush=True))
+    except BaseException as exc:
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # a start-up failure inside the daemon's nurseries
+        if isinstance(exc, (DaemonError, RemoteModelError, OSError)):
+            print(f"llmos daemon: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import trio
 from rich.console import Console
 from rich.markup import escape
 
+from pathlib import Path
+
 from llmos.config import KernelConfig
 from llmos.kernel import program
 from llmos.kernel.events import Event
+from llmos.kernel.kernel import ProcessExit
 from llmos.runtime import boot, session
 from llmos.syscalls.errors import SyscallError
 
@@ -65,3 +69,50 @@ async def run_program(config: KernelConfig, spec: str, args: list[str], quiet: b
     else:
         err.print(f"[red]{escape(status.name)} (pid {status.pid}) exited {status.exit_code}:[/]\n{escape(status.reason)}", soft_wrap=True)
     return status.exit_code
+
+
+async def run_remote(spec: str, args: list[str], quiet: bool = False, socket: Path | None = None) -> int:
+    """`llmos run --remote`: the program runs here, its syscalls go to the daemon's kernel
+    (as a session process named after it); what it generates and logs is streamed back."""
+    import traceback
+
+    from llmos.agents.remote import DaemonUnavailable, connect
+
+    console = Console(stderr=quiet)
+    err = Console(stderr=True)
+    try:
+        entry = program.load(spec)
+    except program.ProgramError as exc:
+        err.print(f"[red]llmos run:[/] {escape(str(exc))}", soft_wrap=True)
+        return EXIT_USAGE
+    name = Path(spec).stem if spec.endswith(".py") else spec.partition(":")[0].rsplit(".", 1)[-1]
+    code, result, reason = 0, None, ""
+    try:
+        async with connect(socket, name=name) as sys:
+            names = {sys.pid: name}
+            async with trio.open_nursery() as nursery:
+                if not quiet:
+                    nursery.start_soon(_follow, sys, lambda ev: render_event(console, ev, names))
+                try:
+                    result = await entry(sys, args)
+                except ProcessExit as exc:
+                    code, result = exc.code, exc.result
+                except Exception as exc:  # the program's bug, reported as the kernel reports it
+                    code, reason = 1, "".join(traceback.format_exception(exc)).rstrip()
+                await trio.sleep(0.05)  # let the last streamed events print
+                nursery.cancel_scope.cancel()
+    except DaemonUnavailable as exc:
+        err.print(f"[red]llmos run --remote:[/] {escape(exc.message)}", soft_wrap=True)
+        return EXIT_USAGE
+    if code == 0:
+        print(result if isinstance(result, str) else json.dumps(result, indent=2, ensure_ascii=False, default=repr))
+    else:
+        err.print(f"[red]{escape(name)} exited {code}[/]" + (f":\n{escape(reason)}" if reason else ""), soft_wrap=True)
+    return code
+
+
+async def _follow(sys: Any, show: Any) -> None:
+    try:
+        await sys.follow_log(sys.pid, show)
+    except SyscallError:
+        pass  # the session ended first (the program called proc.exit)

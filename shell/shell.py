@@ -2,16 +2,23 @@
 
 The shell is a session process: every command is a syscall made on its behalf, so it can do
 exactly what an agent with full capabilities could, and nothing behind the kernel's back.
+It talks to a running daemon when there is one (the same commands, over the daemon's
+socket), and otherwise boots a kernel of its own.
 """
 
 from __future__ import annotations
 
 import shlex
+import signal
+import sys as _sys
+import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import trio
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
@@ -19,8 +26,11 @@ from llmos.agents.sdk import Sys
 from llmos.config import KernelConfig, data_dir
 from llmos.runtime import boot, session
 from llmos.shell.run import render_event
-from llmos.syscalls.errors import SyscallError
+from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.proc import ProcInfo
+
+if _sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 
 class UsageError(Exception):
@@ -34,17 +44,48 @@ class Command:
     run: Callable[[list[str]], Awaitable[None]]
 
 
+class Lines:
+    """Lines typed at the terminal, read in a worker thread. A read that is cancelled (attach
+    ending) is not lost: its line goes to the next reader."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.pending: trio.MemoryReceiveChannel[str | None] | None = None
+        self.history: list[str] = []
+
+    async def read(self, prompt: str = "") -> str | None:
+        if self.pending is None:
+            send, self.pending = trio.open_memory_channel[str | None](1)
+            self.nursery.start_soon(self._read, prompt, send)
+        line = await self.pending.receive()
+        self.pending = None
+        if line is not None and line.strip():
+            self.history.append(line)
+        return line
+
+    async def _read(self, prompt: str, send: trio.MemorySendChannel[str | None]) -> None:
+        async with send:
+            await send.send(await trio.to_thread.run_sync(_read_line, prompt, abandon_on_cancel=True))
+
+
 class Shell:
-    def __init__(self, sys: Sys, console: Console) -> None:
+    def __init__(self, sys: Sys, console: Console, lines: Lines | None = None) -> None:
         self.sys = sys
         self.console = console
+        self.lines = lines
         self.commands: dict[str, Command] = {
             "spawn": Command("spawn PROGRAM [ARGS...]", "start an agent program in the background", self.spawn),
             "ps": Command("ps [-a]", "list processes (-a: with exit reasons)", self.ps),
+            "top": Command("top [-n N] [-d SECONDS]", "live process view (Ctrl-C ends it; -n: N refreshes)", self.top),
             "kill": Command("kill PID", "kill a process", self.kill),
+            "stop": Command("stop PID", "stop a process (no progress, KV kept) until cont", self.stop),
+            "cont": Command("cont PID", "continue a stopped process (a restored one starts again)", self.cont),
             "wait": Command("wait [PID]", "wait for a child to exit and show its result", self.wait),
             "nice": Command("nice PID VALUE", "set a process's nice value (-20..19)", self.nice),
             "logs": Command("logs [-f] PID", "show a process's log (-f: follow until it exits)", self.logs),
+            "attach": Command("attach PID", "follow a process; lines you type go to its mailbox (Ctrl-D leaves)", self.attach),
+            "mem": Command("mem PID", "a process's memory pages (when the kernel has mem.* syscalls)", self.mem),
+            "history": Command("history", "commands typed before", self.history),
             "help": Command("help", "this list", self.help),
             "quit": Command("quit", "leave the shell (also: exit, Ctrl-D)", self.quit),
         }
@@ -65,7 +106,7 @@ class Shell:
             self.console.print(f"[red]unknown command:[/] {escape(name)}  (type [bold]help[/] for the list)")
             return
         try:
-            await cmd.run(args)
+            await _until_interrupted(cmd.run, args)
         except UsageError as exc:
             self.console.print(f"[red]{escape(str(exc))}[/]\nusage: {escape(cmd.usage)}")
         except SyscallError as exc:
@@ -111,6 +152,82 @@ class Shell:
             names = {pid: str(pid)}
             await self.sys.follow_log(pid, lambda ev: render_event(self.console, ev, names))
 
+    async def top(self, args: list[str]) -> None:
+        opts = _options(args, {"-n": int, "-d": float})
+        count, delay = opts.get("-n"), max(opts.get("-d", 1.0), 0.1)
+        view = TopView(self.sys)
+        if not self.console.is_terminal:  # a pipe: print snapshots, one by default
+            for i in range(count or 1):
+                if i:
+                    await trio.sleep(delay)
+                self.console.print(await view.render())
+            return
+        with Live(await view.render(), console=self.console, auto_refresh=False, transient=False) as live:
+            shown = 1
+            while count is None or shown < count:
+                await trio.sleep(delay)
+                live.update(await view.render(), refresh=True)
+                shown += 1
+
+    async def stop(self, args: list[str]) -> None:
+        (pid,) = _ints(args, 1)
+        await self.sys.call("proc.signal", pid=pid, signal="stop")
+        self.console.print(f"stopped {pid}")
+
+    async def cont(self, args: list[str]) -> None:
+        (pid,) = _ints(args, 1)
+        await self.sys.call("proc.signal", pid=pid, signal="cont")
+        self.console.print(f"continued {pid}")
+
+    async def attach(self, args: list[str]) -> None:
+        (pid,) = _ints(args, 1)
+        if self.lines is None:
+            raise UsageError("attach needs a terminal")
+        names = {pid: str(pid)}
+        for line in (await self.sys.read_log(pid, tail=20)):
+            self.console.print(escape(line), highlight=False)
+        self.console.print(f"[bold]attached to {pid}[/]: its output follows; lines you type go to its mailbox; "
+                           "Ctrl-D or /detach leaves")
+        async with trio.open_nursery() as nursery:
+
+            async def follow() -> None:
+                await self.sys.follow_log(pid, lambda ev: render_event(self.console, ev, names))
+                self.console.print(f"\n[magenta]pid {pid} has exited[/]")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(follow)
+            while True:
+                line = await self.lines.read()
+                if line is None or line.strip() == "/detach":
+                    break
+                try:
+                    await self.sys.call("ipc.send", pid=pid, message=line)
+                except SyscallError as exc:
+                    if exc.errno is Errno.ENOSYS:
+                        self.console.print("[yellow]this kernel has no mailboxes (ipc.send): attach can only watch[/]")
+                    else:
+                        self.console.print(f"[red]{exc.errno.value}:[/] {escape(exc.message)}")
+            nursery.cancel_scope.cancel()
+
+    async def mem(self, args: list[str]) -> None:
+        (pid,) = _ints(args, 1)
+        try:
+            stat = await self.sys.call("mem.stat", pid=pid)
+        except SyscallError as exc:
+            if exc.errno is not Errno.ENOSYS:
+                raise
+            self.console.print("[yellow]this kernel has no memory paging (no mem.* syscalls): nothing to show[/]")
+            return
+        table = Table(box=None, show_header=False)
+        for key, value in stat.model_dump().items():
+            table.add_row(f"[bold]{escape(key)}[/]", escape(str(value)))
+        self.console.print(table)
+
+    async def history(self, args: list[str]) -> None:
+        past = _readline_history() or (self.lines.history if self.lines else [])
+        for i, line in enumerate(past[-200:], max(1, len(past) - 199)):
+            self.console.print(f"{i:>5}  {escape(line)}", highlight=False)
+
     async def help(self, args: list[str]) -> None:
         table = Table(show_header=False, box=None)
         for cmd in self.commands.values():
@@ -127,7 +244,7 @@ def ps_table(procs: list[ProcInfo], with_reason: bool = False) -> Table:
         table.add_column(col, justify="right" if col not in ("NAME", "STATE", "WCHAN") else "left")
     if with_reason:
         table.add_column("EXIT")
-    colors = {"RUNNING": "green", "READY": "yellow", "BLOCKED": "blue", "SLEEPING": "cyan", "ZOMBIE": "dim"}
+    colors = {"RUNNING": "green", "READY": "yellow", "BLOCKED": "blue", "SLEEPING": "cyan", "STOPPED": "red", "ZOMBIE": "dim"}
     for p in procs:
         row = [
             str(p.pid), str(p.ppid), escape(p.name), f"[{colors.get(p.state.value, '')}]{p.state.value}[/]",
@@ -139,6 +256,103 @@ def ps_table(procs: list[ProcInfo], with_reason: bool = False) -> Table:
             row.append("" if p.exit_code is None else f"{p.exit_code} {escape(last)}")
         table.add_row(*row)
     return table
+
+
+class TopView:
+    """`top`: the process table with rates, redrawn from proc.ps and kernel.stat."""
+
+    def __init__(self, sys: Sys) -> None:
+        self.sys = sys
+        self.last: dict[int, tuple[float, int]] = {}  # pid -> (time, generated tokens)
+        self.last_total: tuple[float, int] | None = None
+        self.has_mem: bool | None = None  # learnt on first use: does the kernel have mem.stat?
+
+    async def render(self) -> Any:
+        procs, stat = await self.sys.proc.ps(), await self.sys.stat()
+        now = time.monotonic()
+        total = _rate(self.last_total, now, stat.tokens_generated)
+        self.last_total = (now, stat.tokens_generated)
+        table = Table(box=None, header_style="bold", title_justify="left", title=(
+            f"{escape(stat.model)} · {stat.policy} · up {stat.uptime:.0f}s · {stat.processes} processes · "
+            f"batch {stat.running} running {stat.waiting} waiting · {stat.tokens_generated} tokens "
+            f"({total:.1f} tok/s) · KV {stat.kv_bytes / 2**20:.1f} MB"))
+        for col in ("PID", "NAME", "STATE", "NI", "TOKENS", "TOK/S", "PAGES", "KV MB"):
+            table.add_column(col, justify="left" if col in ("NAME", "STATE") else "right")
+        colors = {"RUNNING": "green", "READY": "yellow", "BLOCKED": "blue", "SLEEPING": "cyan", "STOPPED": "red", "ZOMBIE": "dim"}
+        seen = {}
+        for p in procs:
+            seen[p.pid] = (now, p.generated_tokens)
+            rate = _rate(self.last.get(p.pid), now, p.generated_tokens)
+            table.add_row(
+                str(p.pid), escape(p.name), f"[{colors.get(p.state.value, '')}]{p.state.value}[/]", str(p.nice),
+                str(p.prompt_tokens + p.generated_tokens), f"{rate:.1f}", await self._pages(p),
+                f"{p.kv_bytes / 2**20:.1f}",
+            )
+        self.last = seen
+        return table
+
+    async def _pages(self, p: ProcInfo) -> str:
+        """Resident memory pages, from mem.stat when the kernel has it."""
+        if self.has_mem is False or p.state.value == "ZOMBIE":
+            return "-"
+        try:
+            stat = await self.sys.call("mem.stat", pid=p.pid)
+        except SyscallError as exc:
+            if exc.errno in (Errno.ENOSYS, Errno.EINVAL):
+                self.has_mem = False
+            return "-"
+        self.has_mem = True
+        fields = stat.model_dump()
+        value = fields.get("resident_pages", fields.get("resident"))
+        return "-" if value is None else str(value if not isinstance(value, list) else len(value))
+
+
+def _rate(last: tuple[float, int] | None, now: float, count: int) -> float:
+    if last is None or now <= last[0]:
+        return 0.0
+    return max(count - last[1], 0) / (now - last[0])
+
+
+def _options(args: list[str], kinds: dict[str, type]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    it = iter(args)
+    for word in it:
+        if word not in kinds:
+            raise UsageError(f"unexpected argument: {word}")
+        value = next(it, None)
+        try:
+            opts[word] = kinds[word](value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{word} needs a number") from None
+    return opts
+
+
+async def _until_interrupted(fn: Callable[[list[str]], Awaitable[None]], args: list[str]) -> None:
+    """Run a command; Ctrl-C ends the command (cleanly, by cancellation), not the shell."""
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def on_interrupt() -> None:
+                with trio.open_signal_receiver(signal.SIGINT) as signals:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(on_interrupt)
+            await fn(args)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the command's own error, as it raised it
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+def _readline_history() -> list[str]:
+    try:
+        import readline
+    except ImportError:
+        return []
+    return [readline.get_history_item(i) for i in range(1, readline.get_current_history_length() + 1)]
 
 
 def _ints(args: list[str], n: int) -> list[int]:
@@ -157,24 +371,58 @@ def _read_line(prompt: str) -> str | None:
         return None
 
 
-async def run_shell(config: KernelConfig) -> int:
-    import sys as _sys
+async def run_shell(config: KernelConfig, socket: Path | None = None, local: bool = False) -> int:
+    """Connect to the daemon if one is up (unless `local`), else boot a kernel here."""
+    from llmos.agents.remote import DaemonUnavailable, connect, socket_path
 
     console = Console()
     interactive = _sys.stdin.isatty()
     if interactive:
         _setup_history()
+    path = socket or socket_path()
+    if not local and _daemon_listening(path):
+        try:
+            async with connect(path, name="shell") as sys:
+                hello = sys.transport.hello  # type: ignore[attr-defined]
+                if interactive:
+                    console.print(f"[bold]llmos shell[/] — daemon at {escape(str(path))} ({escape(hello.model)}), "
+                                  f"session pid {sys.pid}. Type [bold]help[/].")
+                return await _repl(Shell(sys, console), interactive)
+        except DaemonUnavailable as exc:
+            console.print(f"[red]llmos shell:[/] {escape(exc.message)}")
+            return 1
     console.print("[bold]llmos shell[/] — loading the model…" if interactive else "", end="")
     async with boot(config) as kernel:
         shell = Shell(session(kernel, "shell"), console)
         if interactive:
             console.print(f" ready ({escape(kernel.backend.name)}). Type [bold]help[/].")
+        return await _repl(shell, interactive)
+
+
+async def _repl(shell: Shell, interactive: bool) -> int:
+    async with trio.open_nursery() as nursery:
+        shell.lines = Lines(nursery)
         while not shell.done:
-            line = await trio.to_thread.run_sync(_read_line, "llmos> " if interactive else "")
+            line = await shell.lines.read("llmos> " if interactive else "")
             if line is None:
                 break
             await shell.execute(line)
+        nursery.cancel_scope.cancel()
     return 0
+
+
+def _daemon_listening(path: Path) -> bool:
+    import socket as stdsocket
+
+    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def _setup_history() -> None:

@@ -92,11 +92,13 @@ async def dispatch(kernel: Kernel, pid: int, name: str, args: Any = None, emit: 
         await proc.continued.wait()
     proc.syscalls += 1
     try:
-        return await entry.handler(Call(kernel, proc, emit), request)
+        response = await entry.handler(Call(kernel, proc, emit), request)
     except (SyscallError, trio.Cancelled, ProcessExit):
         raise
     except Exception as exc:
         raise SyscallError(Errno.EIO, f"{entry.name} failed: {type(exc).__name__}: {exc}") from exc
+    kernel.commit()  # what the caller is about to be told is on disk first (when journaled)
+    return response
 
 
 def _describe(exc: ValidationError) -> str:

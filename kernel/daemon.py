@@ -1,0 +1,372 @@
+"""`llmos daemon`: the kernel, headless, serving the syscall API to other programs.
+
+Three doors, one kernel:
+  - a Unix socket (mode 0600) speaking JSON lines (syscalls/wire.py): each connection says
+    hello with the daemon's token and becomes a session process; its frames are syscalls made
+    by that process, through the same `dispatch` an in-process agent uses (agents/remote.py
+    is the client; `llmos.connect()` gives an agent program its usual `Sys` handle over it)
+  - an HTTP listener on localhost with an OpenAI-compatible API (kernel/httpapi.py)
+  - the journal (kernel/persist.py): state restored at start, committed as it changes
+
+Bad input never reaches further than its own connection: every frame that cannot be acted on
+is refused with an errno and a reason; a client may have `max_inflight` calls at once and the
+daemon `max_clients` connections; a frame is at most `max_frame` bytes; a client that stops
+reading is dropped after SEND_TIMEOUT. On SIGTERM (or SIGINT) the daemon checkpoints the
+process table and exits; the next start restores it (see kernel/persist.py for what that means).
+
+The daemon is the kernel's front door, so unlike the rest of kernel/ it reaches up into the
+syscall table: it is a client of `dispatch`, like the SDK.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import signal
+import socket as stdsocket
+import sys
+import traceback
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import trio
+
+from llmos.kernel.capabilities import Capabilities
+from llmos.kernel.kernel import Kernel, TableFull
+from llmos.kernel.persist import Journal, Restored
+from llmos.kernel.process import Process
+from llmos.syscalls.errors import Errno, SyscallError
+from llmos.syscalls.table import dispatch
+from llmos.syscalls.wire import (
+    MAX_FRAME,
+    CallFrame,
+    CancelFrame,
+    FrameError,
+    Hello,
+    HelloReply,
+    LineReader,
+    Oversized,
+    encode,
+    error_frame,
+    parse_client_frame,
+)
+
+DEFAULT_HTTP = ("127.0.0.1", 8470)
+HELLO_TIMEOUT = 10.0  # a connection must authenticate this soon
+SEND_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
+COMMIT_INTERVAL = 1.0  # token counters and states reach the journal at least this often
+TOKEN_FILE, SOCKET_FILE, JOURNAL_FILE, INFO_FILE = "daemon.token", "daemon.sock", "state.db", "daemon.json"
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+@dataclass
+class DaemonSettings:
+    home: Path  # the data directory: token, socket, journal, daemon.json
+    socket: Path | None = None  # default: home/daemon.sock
+    http: tuple[str, int] | None = DEFAULT_HTTP  # port 0 picks a free one; None: no HTTP
+    max_frame: int = MAX_FRAME
+    max_clients: int = 256
+    max_inflight: int = 32  # calls in flight per client
+    resume: bool = False  # start restored processes again (else they wait, STOPPED, for `cont`)
+    persist: bool = True
+    synchronous: str = "NORMAL"  # the journal's sqlite synchronous mode (FULL: survive power loss)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket or self.home / SOCKET_FILE
+
+
+def load_token(home: Path, create: bool = True) -> str:
+    """The daemon's token: made on first start, kept in a 0600 file in the data directory."""
+    path = home / TOKEN_FILE
+    if create and not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first: read theirs
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+    os.chmod(path, 0o600)
+    return path.read_text().strip()
+
+
+@dataclass
+class Daemon:
+    kernel: Kernel
+    settings: DaemonSettings
+    token: str
+    journal: Journal | None = None
+    restored: Restored = field(default_factory=Restored)
+    http_port: int | None = None
+    refused: int = 0  # frames refused with an error, for operators and tests
+    clients: int = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, kernel: Kernel, settings: DaemonSettings) -> AsyncIterator["Daemon"]:
+        """Restore the journal, open the socket (and HTTP), serve until the block exits; then
+        checkpoint and close. The kernel must be freshly booted."""
+        daemon = cls(kernel, settings, load_token(settings.home))
+        if settings.persist:
+            daemon.journal = Journal(settings.home / JOURNAL_FILE, settings.synchronous)
+            daemon.restored = daemon.journal.restore(kernel)
+            kernel.journal = daemon.journal
+            kernel.commit()
+            if settings.resume:
+                for pid in daemon.restored.stopped:
+                    kernel.cont(kernel.procs.get(pid))
+        listener = _unix_listener(settings.socket_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, daemon._serve_client, [listener])
+                if settings.http is not None:
+                    from llmos.kernel.httpapi import serve_http
+
+                    host, port = settings.http
+                    daemon.http_port = await nursery.start(serve_http, kernel, daemon.token, host, port, settings.max_clients)
+                nursery.start_soon(daemon._commit_loop)
+                daemon._write_info()
+                try:
+                    yield daemon
+                finally:
+                    daemon.checkpoint()
+                    nursery.cancel_scope.cancel()
+        finally:
+            for path in (settings.socket_path, settings.home / INFO_FILE):
+                path.unlink(missing_ok=True)
+            if daemon.journal is not None:
+                daemon.journal.close()
+
+    def checkpoint(self) -> None:
+        """Write the table one last time and stop journaling: what follows is shutdown, and
+        the processes it cancels must be restored as they were, not as exited."""
+        if self.journal is not None and self.kernel.journal is self.journal:
+            self.kernel.commit()
+            self.kernel.journal = None
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await trio.sleep(COMMIT_INTERVAL)
+            self.kernel.commit()
+
+    def _write_info(self) -> None:
+        http = f"http://{self.settings.http[0]}:{self.http_port}/v1" if self.settings.http else None
+        info = {"pid": os.getpid(), "socket": str(self.settings.socket_path), "http": http, "model": self.kernel.backend.name}
+        path = self.settings.home / INFO_FILE
+        path.write_text(json.dumps(info) + "\n")
+
+    async def _serve_client(self, stream: trio.SocketStream) -> None:
+        """One connection. Whatever happens in it stays in it."""
+        try:
+            async with stream:
+                if self.clients >= self.settings.max_clients:
+                    await _send_quietly(stream, error_frame(None, SyscallError(
+                        Errno.EAGAIN, f"the daemon is serving {self.clients} clients, its limit; try later")))
+                    return
+                self.clients += 1
+                try:
+                    await Client(self, stream).serve()
+                finally:
+                    self.clients -= 1
+        except Exception:  # a bug of ours, never the daemon's end
+            print(f"llmos daemon: client handler failed:\n{traceback.format_exc()}", file=sys.stderr)
+
+
+class ClientGone(Exception):
+    """The client closed its end or stopped reading. Caught where it is raised: it must not
+    travel through a nursery (it would arrive wrapped in an ExceptionGroup)."""
+
+
+class Client:
+    """One connection: a session process, and its calls in flight."""
+
+    def __init__(self, daemon: Daemon, stream: trio.SocketStream) -> None:
+        self.daemon = daemon
+        self.kernel = daemon.kernel
+        self.stream = stream
+        self.reader = LineReader(stream, daemon.settings.max_frame)
+        self.send_lock = trio.Lock()
+        self.session: Process | None = None
+        self.calls: dict[int, trio.CancelScope] = {}
+        self.nursery: trio.Nursery
+
+    async def serve(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                await self._read_frames(nursery)
+                nursery.cancel_scope.cancel()  # the client left: its calls end with it
+        finally:
+            if self.session is not None and self.session.alive:
+                self.kernel.end_session(self.session)
+
+    async def _read_frames(self, nursery: trio.Nursery) -> None:
+        deadline = trio.current_time() + HELLO_TIMEOUT
+        while True:
+            try:
+                with trio.fail_after(max(deadline - trio.current_time(), 0) if self.session is None else float("inf")):
+                    line = await self.reader.next()
+            except trio.TooSlowError:
+                await self.refuse(None, SyscallError(Errno.ETIMEDOUT, f"no hello within {HELLO_TIMEOUT:.0f} s"))
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if line is None:
+                return
+            if isinstance(line, Oversized):
+                limit = self.daemon.settings.max_frame
+                await self.refuse(None, SyscallError(Errno.E2BIG, f"frame of {line.size} bytes is over the {limit}-byte limit"))
+                continue
+            try:
+                frame = parse_client_frame(line)
+            except FrameError as err:
+                await self.refuse(err.frame_id, err)
+                continue
+            if not await self._handle(frame, nursery):
+                return
+
+    async def _handle(self, frame: Hello | CallFrame | CancelFrame, nursery: trio.Nursery) -> bool:
+        """Act on one frame; False ends the connection."""
+        if isinstance(frame, Hello):
+            return await self._hello(frame)
+        if self.session is None:
+            await self.refuse(frame.id, SyscallError(Errno.EPERM, "not authenticated: the first frame must be a hello with the daemon's token"))
+            return True
+        if isinstance(frame, CancelFrame):
+            scope = self.calls.get(frame.id)
+            if scope is not None:  # a call that already ended needs no cancelling
+                scope.cancel()
+            return True
+        if frame.id in self.calls:
+            await self.refuse(frame.id, SyscallError(Errno.EINVAL, f"call id {frame.id} is already in progress"))
+        elif len(self.calls) >= self.daemon.settings.max_inflight:
+            limit = self.daemon.settings.max_inflight
+            await self.refuse(frame.id, SyscallError(Errno.EAGAIN, f"{limit} calls already in flight on this connection (the limit)"))
+        else:
+            self.calls[frame.id] = trio.CancelScope()
+            nursery.start_soon(self._call, frame)
+        return True
+
+    async def _hello(self, frame: Hello) -> bool:
+        if self.session is not None:
+            await self.refuse(frame.id, SyscallError(Errno.EINVAL, f"already authenticated as pid {self.session.pid}"))
+            return True
+        if not hmac.compare_digest(frame.token.encode(), self.daemon.token.encode()):
+            await self.refuse(frame.id, SyscallError(Errno.EPERM, "wrong token"))
+            return False
+        caps = Capabilities()
+        if frame.root is not None:
+            root = Path(frame.root)
+            if not root.is_absolute() or not root.is_dir():
+                await self.refuse(frame.id, SyscallError(Errno.EINVAL, f"root {frame.root!r} is not an absolute path to a directory"))
+                return True
+            caps = Capabilities(fs_root=root.resolve())
+        try:
+            self.session = self.kernel.session(frame.name, caps)
+        except TableFull as exc:
+            await self.refuse(frame.id, SyscallError(Errno.EAGAIN, str(exc)))
+            return False
+        reply = HelloReply(pid=self.session.pid, name=self.session.name, model=self.kernel.backend.name)
+        try:
+            await self.send({"id": frame.id, "result": reply.model_dump()})
+        except ClientGone:
+            return False
+        return True
+
+    async def _call(self, frame: CallFrame) -> None:
+        assert self.session is not None
+
+        async def emit(chunk: Any) -> None:
+            await self.send({"id": frame.id, "chunk": chunk.model_dump(mode="json")})
+
+        try:
+            with self.calls[frame.id]:
+                try:
+                    result = await dispatch(self.kernel, self.session.pid, frame.name, frame.args, emit)
+                    reply = {"id": frame.id, "result": result.model_dump(mode="json")}
+                except SyscallError as err:
+                    reply = error_frame(frame.id, err)
+                await self.send(reply)
+        except ClientGone:
+            self.nursery.cancel_scope.cancel()  # nobody to answer: end the connection's calls
+        finally:
+            self.calls.pop(frame.id, None)
+
+    async def refuse(self, frame_id: int | None, err: SyscallError) -> None:
+        self.daemon.refused += 1
+        try:
+            await self.send(error_frame(frame_id, err))
+        except ClientGone:
+            pass
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        data = encode(frame)
+        async with self.send_lock:
+            try:
+                with trio.fail_after(SEND_TIMEOUT):
+                    await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+                raise ClientGone(str(exc)) from None
+
+
+async def _send_quietly(stream: trio.SocketStream, frame: dict[str, Any]) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.send_all(encode(frame))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def _unix_listener(path: Path) -> trio.SocketListener:
+    """A listening Unix socket only its owner can connect to (mode 0600)."""
+    if path.exists() or path.is_symlink():
+        probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        probe.settimeout(1)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: left behind by a daemon that did not shut down cleanly
+        else:
+            raise DaemonError(f"another llmos daemon is listening on {path}")
+        finally:
+            probe.close()
+    sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # no moment at which others could connect
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+async def run(config: Any, settings: DaemonSettings, announce: Any = print) -> int:
+    """`llmos daemon`: boot, restore, serve until SIGTERM/SIGINT, checkpoint."""
+    from llmos.runtime import boot
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with boot(config) as kernel:
+            async with Daemon.open(kernel, settings) as daemon:
+                r = daemon.restored
+                announce(
+                    f"llmos daemon: pid {os.getpid()}, model {kernel.backend.name}\n"
+                    f"  socket {settings.socket_path}\n"
+                    f"  http   {'off' if daemon.http_port is None else f'http://{settings.http[0]}:{daemon.http_port}/v1'}\n"
+                    f"  token  {settings.home / TOKEN_FILE}\n"
+                    f"  restored {len(r.stopped)} stopped, {len(r.zombies)} exited, {r.reaped} reaped"
+                    + (" (resumed)" if settings.resume and r.stopped else "")
+                )
+                async for signum in signals:
+                    announce(f"llmos daemon: {signal.Signals(signum).name}: checkpointing and shutting down")
+                    break
+    return 0

@@ -1,0 +1,321 @@
+"""A remote model: the kernel's LLM is an OpenAI-protocol server instead of a local model.
+
+    LLMOS_MODEL=openai:http://gpu-box:8000/v1            the server's first model
+    LLMOS_MODEL=openai:http://gpu-box:8000/v1#Qwen2-7B   a named one
+    (API key from LLMOS_REMOTE_API_KEY, else OPENAI_API_KEY)
+
+vLLM and SGLang speak this protocol and batch across GPUs and nodes themselves, and so does
+another llmos daemon. The kernel keeps its part of the job: which process's request goes
+next. `RemoteEngine` has the public surface `llm.chat` uses on the local Engine
+(submit_chat, output, release, run, wake, stats); at most `max_batch` requests are in flight,
+admitted from the scheduler's waiting list by the kernel's policy, and a stopped process is
+neither admitted nor handed text until it continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from llmos.kernel.process import Process, ProcState
+from llmos.kernel.sampling import SamplingParams
+from llmos.kernel.sequence import SeqStatus
+
+REMOTE_PREFIX = "openai:"
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 600.0  # between two stream events; a long prefill on a busy server is slow
+
+
+def is_remote(spec: str) -> bool:
+    return spec.startswith(REMOTE_PREFIX)
+
+
+class RemoteModelError(RuntimeError):
+    """The remote server is unreachable or refused a request; the message says which."""
+
+
+@dataclass
+class RemoteModel:
+    """Where the model lives; it stands in the kernel's `backend` slot."""
+
+    base_url: str  # ends in /v1
+    model: str
+    api_key: str
+    max_context: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} @ {self.base_url}"
+
+    @classmethod
+    async def open(cls, spec: str, api_key: str | None = None) -> "RemoteModel":
+        """Parse `openai:URL[#MODEL]` and ask the server which models it serves."""
+        import httpx
+
+        url, _, wanted = spec[len(REMOTE_PREFIX) :].partition("#")
+        url = url.rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise RemoteModelError(f"{spec!r}: expected openai:http://HOST:PORT/v1[#MODEL]")
+        key = api_key or os.environ.get("LLMOS_REMOTE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+        try:
+            async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT) as client:
+                resp = await client.get(f"{url}/models", headers=_auth(key))
+        except httpx.HTTPError as exc:
+            raise RemoteModelError(f"remote model server {url} is unreachable: {exc}") from None
+        if resp.status_code != 200:
+            raise RemoteModelError(f"{url}/models answered {resp.status_code}: {_error_text(resp.content)}")
+        models = {m.get("id"): m for m in resp.json().get("data", []) if isinstance(m, dict)}
+        if not models:
+            raise RemoteModelError(f"{url} serves no models")
+        model = wanted or next(iter(models))
+        if model not in models:
+            raise RemoteModelError(f"{url} does not serve {model!r}; it serves {', '.join(map(str, models))}")
+        max_context = models[model].get("max_model_len") or 0
+        return cls(url, model, key, int(max_context))
+
+    def new_engine(self, scheduler: Any) -> "RemoteEngine":
+        return RemoteEngine(self, scheduler)
+
+
+@dataclass
+class RemoteSequence:
+    """One chat request of a process, answered by the remote server."""
+
+    owner: Process
+    messages: list[dict[str, str]]
+    params: SamplingParams
+    status: SeqStatus = SeqStatus.WAITING
+    finish_reason: str | None = None
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    arrived: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    slice_tokens: int = 0
+    cancelled: bool = False
+    error: RemoteModelError | None = None
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    # The protocol reports token counts, not ids; llm.chat only takes the lengths of these.
+    @property
+    def prompt_ids(self) -> range:
+        return range(self.prompt_tokens)
+
+    @property
+    def output_ids(self) -> range:
+        return range(self.completion_tokens)
+
+
+class RemoteEngine:
+    def __init__(self, model: RemoteModel, scheduler: Any) -> None:
+        from llmos.kernel.engine import EngineStats
+
+        self.model = model
+        self.scheduler = scheduler  # its waiting/running lists are the queue (kernel.stat shows them)
+        self.stats = EngineStats()
+        self._wakeup = trio.Event()
+        self._channels: dict[int, trio.MemorySendChannel[str]] = {}
+        self._receivers: dict[int, trio.MemoryReceiveChannel[str]] = {}
+        self._in_flight = 0
+        self._busy_since = 0.0
+
+    # -- the process side (what llm.chat calls) -------------------------------------------
+
+    def submit_chat(self, proc: Process, messages: list[dict[str, str]], params: SamplingParams) -> RemoteSequence:
+        seq = RemoteSequence(proc, messages, params)
+        send, recv = trio.open_memory_channel[str](math.inf)
+        self._channels[id(seq)], self._receivers[id(seq)] = send, recv
+        self.scheduler.add(seq)
+        proc.state, proc.wchan = ProcState.READY, "llm"
+        self._wakeup.set()
+        return seq
+
+    def output(self, seq: RemoteSequence) -> "_Output":
+        """The text as it streams in; raises RemoteModelError at the end if the request failed."""
+        return _Output(seq, self._receivers.pop(id(seq)))
+
+    def release(self, seq: RemoteSequence) -> None:
+        self._channels.pop(id(seq), None)
+        self._receivers.pop(id(seq), None)
+        if seq.status is not SeqStatus.FINISHED:
+            seq.cancelled = True
+            seq.cancel_scope.cancel()
+            self.scheduler.remove(seq)
+            self._wakeup.set()
+        if seq.owner.wchan == "llm":
+            seq.owner.state, seq.owner.wchan = ProcState.RUNNING, ""
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    # -- the kernel side ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        import httpx
+
+        timeout = httpx.Timeout(CONNECT_TIMEOUT, read=READ_TIMEOUT)
+        limits = httpx.Limits(max_connections=self.scheduler.max_batch)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    for seq in self._admit():
+                        nursery.start_soon(self._request, client, seq)
+                    await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+
+    def _admit(self) -> list[RemoteSequence]:
+        """Move waiting requests into the in-flight set, by the kernel's policy."""
+        admitted = []
+        while len(self.scheduler.running) < self.scheduler.max_batch:
+            candidates = [s for s in self.scheduler.waiting if not s.owner.stopped]
+            if not candidates:
+                break
+            seq = _pick(self.scheduler.policy, candidates)
+            self.scheduler.waiting.remove(seq)
+            self.scheduler.running.append(seq)
+            seq.status = SeqStatus.RUNNING
+            seq.owner.state = ProcState.RUNNING
+            admitted.append(seq)
+        return admitted
+
+    async def _request(self, client: Any, seq: RemoteSequence) -> None:
+        import httpx
+
+        url = f"{self.model.base_url}/chat/completions"
+        started = time.monotonic()
+        self._busy(+1)
+        try:
+            with seq.cancel_scope:
+                async with client.stream("POST", url, json=self._body(seq), headers=_auth(self.model.api_key)) as resp:
+                    if resp.status_code != 200:
+                        raise RemoteModelError(f"{url} answered {resp.status_code}: {_error_text(await resp.aread())}")
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        self._on_event(seq, json.loads(data))
+                        if seq.owner.stopped:  # hold the text back until the process continues
+                            await seq.owner.continued.wait()
+        except RemoteModelError as exc:
+            seq.error = exc
+        except httpx.HTTPError as exc:
+            seq.error = RemoteModelError(f"remote model {self.model.base_url} failed: {type(exc).__name__}: {exc}")
+        except ValueError as exc:
+            seq.error = RemoteModelError(f"remote model {self.model.base_url} sent an unreadable event: {exc}")
+        finally:
+            seq.owner.llm_time += time.monotonic() - started
+            self._busy(-1)
+            seq.status = SeqStatus.FINISHED
+            seq.finish_reason = seq.finish_reason or ("cancelled" if seq.cancelled else "stop")
+            self.scheduler.remove(seq)
+            send = self._channels.get(id(seq))
+            if send is not None:
+                send.close()
+            self._wakeup.set()
+
+    def _busy(self, change: int) -> None:
+        """busy_time: wall time with at least one request in flight, as for the local engine."""
+        now = time.monotonic()
+        if self._in_flight:
+            self.stats.busy_time += now - self._busy_since
+        self._in_flight += change
+        self._busy_since = now
+
+    def _body(self, seq: RemoteSequence) -> dict[str, Any]:
+        p = seq.params
+        body: dict[str, Any] = {
+            "model": self.model.model,
+            "messages": seq.messages,
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if p.stop:
+            body["stop"] = p.stop
+        if p.seed is not None:
+            body["seed"] = p.seed
+        return body
+
+    def _on_event(self, seq: RemoteSequence, event: Any) -> None:
+        if not isinstance(event, dict):
+            raise ValueError(f"expected an object, got {type(event).__name__}")
+        if "error" in event:
+            raise RemoteModelError(f"remote model error: {_error_text(json.dumps(event).encode())}")
+        self.stats.steps += 1  # one stream event: the nearest remote analogue of a step
+        for choice in event.get("choices") or []:
+            delta = (choice.get("delta") or {}).get("content")
+            if delta:
+                if seq.first_token_at is None:
+                    seq.first_token_at = time.monotonic()
+                seq.text += delta
+                self._count(seq, 1)  # about a token per event; corrected by the usage below
+                send = self._channels.get(id(seq))
+                if send is not None:
+                    send.send_nowait(delta)
+            seq.finish_reason = choice.get("finish_reason") or seq.finish_reason
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            seq.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            seq.owner.prompt_tokens += seq.prompt_tokens
+            self._count(seq, int(usage.get("completion_tokens") or 0) - seq.completion_tokens)
+            details = usage.get("prompt_tokens_details") or {}
+            seq.cached_tokens = int(details.get("cached_tokens") or 0)
+            self.stats.tokens_prefilled += seq.prompt_tokens - seq.cached_tokens
+
+    def _count(self, seq: RemoteSequence, tokens: int) -> None:
+        seq.completion_tokens += tokens
+        seq.owner.generated_tokens += tokens
+        self.stats.tokens_generated += tokens
+        if tokens > 0:
+            self.scheduler.account(seq, tokens)
+
+
+class _Output:
+    """Async iterator over a request's text; the request's error, if any, is raised at its end."""
+
+    def __init__(self, seq: RemoteSequence, recv: trio.MemoryReceiveChannel[str]) -> None:
+        self.seq, self.recv = seq, recv
+
+    def __aiter__(self) -> "_Output":
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return await self.recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self.seq.error is not None:
+                raise self.seq.error from None
+            raise StopAsyncIteration from None
+
+
+def _pick(policy: str, candidates: list[RemoteSequence]) -> RemoteSequence:
+    if policy == "fair":
+        return min(candidates, key=lambda s: s.owner.vruntime)
+    if policy == "priority":
+        return min(candidates, key=lambda s: s.owner.nice)
+    return candidates[0]
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        err = json.loads(body)
+        if isinstance(err, dict) and isinstance(err.get("error"), dict):
+            return str(err["error"].get("message", err["error"]))
+    except ValueError:
+        pass
+    return body[:300].decode(errors="replace")
