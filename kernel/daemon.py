@@ -116,16 +116,16 @@ class Daemon:
         """Restore the journal, open the socket (and HTTP), serve until the block exits; then
         checkpoint and close. The kernel must be freshly booted."""
         daemon = cls(kernel, settings, load_token(settings.home))
-        if settings.persist:
-            daemon.journal = Journal(settings.home / JOURNAL_FILE, settings.synchronous)
-            daemon.restored = daemon.journal.restore(kernel)
-            kernel.journal = daemon.journal
-            kernel.commit()
-            if settings.resume:
-                for pid in daemon.restored.stopped:
-                    kernel.cont(kernel.procs.get(pid))
-        listener = _unix_listener(settings.socket_path)
+        listener = _unix_listener(settings.socket_path)  # first: fails if a daemon already runs here
         try:
+            if settings.persist:
+                daemon.journal = Journal(settings.home / JOURNAL_FILE, settings.synchronous)
+                daemon.restored = daemon.journal.restore(kernel)
+                kernel.journal = daemon.journal
+                kernel.commit()
+                if settings.resume:
+                    for pid in daemon.restored.stopped:
+                        kernel.cont(kernel.procs.get(pid))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, daemon._serve_client, [listener])
                 if settings.http is not None:
@@ -141,6 +141,7 @@ class Daemon:
                     daemon.checkpoint()
                     nursery.cancel_scope.cancel()
         finally:
+            listener.socket.close()
             for path in (settings.socket_path, settings.home / INFO_FILE):
                 path.unlink(missing_ok=True)
             if daemon.journal is not None:

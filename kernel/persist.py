@@ -255,10 +255,18 @@ def _fingerprint(p: Process) -> tuple:
 
 def _row(p: Process, caps: Capabilities | None) -> tuple:
     return (
-        p.pid, p.ppid, p.name, p.program, json.dumps(p.args), p.nice, p.state.value, _caps_json(caps),
+        p.pid, p.ppid, p.name, _absolute(p.program), json.dumps(p.args), p.nice, p.state.value, _caps_json(caps),
         p.created, p.ended, p.exit_code, p.exit_reason, None if p.exit_code is None else json.dumps(p.result),
         p.prompt_tokens, p.generated_tokens, round(p.llm_time, 3), p.syscalls,
     )
+
+
+def _absolute(spec: str) -> str:
+    """A program file by its absolute path: a restarted daemon may run in another directory."""
+    path = Path(spec)
+    if spec.endswith(".py") and not path.is_absolute() and path.is_file():
+        return str(path.resolve())
+    return spec
 
 
 def _caps_json(caps: Capabilities | None) -> str:
