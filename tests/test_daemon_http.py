@@ -121,15 +121,18 @@ def _raw_exchange(port: int, data: bytes) -> int:
     return int(head.split()[1]) if head.startswith("HTTP/") else -1
 
 
-def test_remote_model_backend_is_another_llmos(real_backend):
-    """Kernel B has no model of its own: its LLM is kernel A's daemon, over the OpenAI protocol."""
+def test_remote_model_backend_is_another_llmos(real_backend, monkeypatch):
+    """Kernel B has no model of its own: its LLM is kernel A's daemon, over the OpenAI protocol,
+    chosen by configuration as an operator would (LLMOS_MODEL=openai:..., key in the env)."""
 
     async def main():
         async with daemon_with(real_backend, http=("127.0.0.1", 0)) as a:
             local = session(a.kernel, "local")
             spec = f"openai:http://127.0.0.1:{a.http_port}/v1"
-            remote = await RemoteModel.open(spec, a.token)
-            async with boot(KernelConfig(model=spec), backend=remote) as b:
+            monkeypatch.setenv("LLMOS_REMOTE_API_KEY", a.token)
+            async with boot(KernelConfig(model=spec)) as b:
+                remote = b.backend
+                assert isinstance(remote, RemoteModel)
                 sh = session(b, "shell")
                 chunks: list[str] = []
                 direct = await local.llm.chat(QUESTION, max_tokens=24)
