@@ -141,6 +141,7 @@ class Daemon:
                     daemon.checkpoint()
                     nursery.cancel_scope.cancel()
         finally:
+            daemon.checkpoint()  # (again, for a start-up that failed half way)
             listener.socket.close()
             for path in (settings.socket_path, settings.home / INFO_FILE):
                 path.unlink(missing_ok=True)

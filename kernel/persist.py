@@ -16,7 +16,10 @@ What a restart restores (`Journal.restore`, before any client connects):
   - an exited, unreaped process comes back ZOMBIE with its exit code, reason and result.
   - reaped processes come back as records only (their logs stay readable).
   - pids keep counting from where they were, so no pid is ever reused.
-  - mailboxes: pending messages, for kernel/ipc.py to queue again (see `mailbox_put`).
+  - mailboxes: pending messages (`Restored.mail`, `pending_mail()`), for kernel/ipc.py to
+    queue again. The hooks for it: when `kernel.journal` is set, `ipc.send` calls
+    `mailbox_put` before it returns and `ipc.recv` calls `mailbox_take` once it has handed a
+    message over.
 Sessions (shells, remote clients) are not restored: their code runs outside the daemon and
 its connection is gone. Their children are adopted by the kernel (ppid 0). The KV cache is
 not saved: a restored process prefills again on its next llm.chat.
