@@ -23,8 +23,10 @@ from typing import Any
 
 import trio
 
+from llmos.kernel.engine import EngineStats
 from llmos.kernel.process import Process, ProcState
 from llmos.kernel.sampling import SamplingParams
+from llmos.kernel.scheduler import Scheduler
 from llmos.kernel.sequence import SeqStatus
 
 REMOTE_PREFIX = "openai:"
@@ -79,7 +81,7 @@ class RemoteModel:
         max_context = models[model].get("max_model_len") or 0
         return cls(url, model, key, int(max_context))
 
-    def new_engine(self, scheduler: Any) -> "RemoteEngine":
+    def new_engine(self, scheduler: Scheduler) -> "RemoteEngine":
         return RemoteEngine(self, scheduler)
 
 
@@ -114,9 +116,7 @@ class RemoteSequence:
 
 
 class RemoteEngine:
-    def __init__(self, model: RemoteModel, scheduler: Any) -> None:
-        from llmos.kernel.engine import EngineStats
-
+    def __init__(self, model: RemoteModel, scheduler: Scheduler) -> None:
         self.model = model
         self.scheduler = scheduler  # its waiting/running lists are the queue (kernel.stat shows them)
         self.stats = EngineStats()
