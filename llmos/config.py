@@ -42,5 +42,7 @@ class KernelConfig:
     quantum: int = 32  # tokens a process may decode before it can be preempted
     prefill_chunk: int = 256  # prompt tokens prefilled per step, so decoders never stall long
     kv_budget_mb: float = 4096.0  # retained KV of all processes together
+    kv_eviction: str = "drop"  # drop | compress: what happens to the least recently run KV over budget
+    prefix_sharing: bool = True  # new contexts copy a shared prefix's KV instead of computing it
     max_processes: int = 1024
     threads: int = field(default_factory=lambda: int(os.environ.get("LLMOS_THREADS", "0")))
