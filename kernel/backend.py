@@ -105,7 +105,7 @@ class Backend:
 
 
     @torch.inference_mode()
-    def hf_generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    def hf_generate(self, prompt_ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
         """Greedy completion by transformers' own `generate`, one request alone: the reference
         that batched outputs are checked against, and the baseline that benchmarks beat."""
         self.model.set_attn_implementation("sdpa")
@@ -114,6 +114,7 @@ class Backend:
                 torch.tensor([prompt_ids]),
                 attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if ignore_eos else None,
                 do_sample=False,
                 temperature=None,
                 top_p=None,
@@ -124,7 +125,7 @@ class Backend:
         finally:
             self.model.set_attn_implementation(attention.ATTN_NAME)
         new = out[0, len(prompt_ids) :].tolist()
-        return new[:-1] if new and new[-1] in self.eos_ids else new
+        return new[:-1] if new and new[-1] in self.eos_ids and not ignore_eos else new
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
