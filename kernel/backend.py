@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from llmos.kernel import attention
+from llmos.kernel import attention, llama
+from llmos.kernel.llama import LlamaRunner
 from llmos.kernel.kvcache import KVShape, SequenceKV
 
 
@@ -25,7 +26,7 @@ class WorkItem:
 
 
 class Backend:
-    def __init__(self, model: Any, tokenizer: Any, name: str = "model", threads: int = 0) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: str = "model", threads: int = 0, lean: bool = True) -> None:
         attention.register()
         if threads > 0:
             torch.set_num_threads(threads)
@@ -44,6 +45,9 @@ class Backend:
         )
         self.max_context = int(getattr(cfg, "max_position_embeddings", 2048))
         self.eos_ids = frozenset(_eos_ids(model, tokenizer))
+        # Llama-family models get the lean forward; anything else runs transformers' forward
+        # with our attention plugged in.
+        self.runner = LlamaRunner(model) if lean and llama.supports(model) else None
 
     @classmethod
     def load(cls, spec: str, dtype: str = "float32", threads: int = 0) -> "Backend":
@@ -90,18 +94,20 @@ class Backend:
             positions.extend(range(start, start + len(item.tokens)))
             if item.want_logits:
                 keep.append(len(ids) - 1)
-        with attention.StepContext(segments):
-            out = self.model(
-                input_ids=torch.tensor([ids]),
-                position_ids=torch.tensor([positions]),
-                use_cache=False,
-                logits_to_keep=torch.tensor(keep, dtype=torch.long) if keep else 1,
-            )
+        if self.runner is not None:
+            logits = self.runner.forward(torch.tensor(ids), torch.tensor(positions), segments, keep)
+        else:
+            with attention.StepContext(segments):
+                out = self.model(
+                    input_ids=torch.tensor([ids]),
+                    position_ids=torch.tensor([positions]),
+                    use_cache=False,
+                    logits_to_keep=torch.tensor(keep, dtype=torch.long) if keep else 1,
+                )
+            logits = out.logits[0] if keep else out.logits[0, :0]
         for item in items:
             item.kv.token_ids.extend(item.tokens)
-        if not keep:
-            return out.logits.new_empty((0, out.logits.shape[-1]))
-        return out.logits[0].float()
+        return logits.float()
 
 
     @torch.inference_mode()

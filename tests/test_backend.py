@@ -118,3 +118,13 @@ def test_real_two_processes_at_once_match_alone(real_backend):
     together, alone, stats = trio.run(main)
     assert together == alone
     assert max(stats.batch_sizes) == 2  # they really shared forward passes
+
+
+def test_lean_runner_matches_transformers_forward(tiny_backend):
+    from llmos.kernel.backend import Backend
+
+    assert tiny_backend.runner is not None  # llama: the lean forward is in use
+    plain = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-plain", lean=False)
+    assert plain.runner is None
+    ids = tiny_backend.encode("compare the two forward passes " * 6)
+    assert greedy(plain, ids, 16, chunk=9) == greedy(tiny_backend, ids, 16, chunk=9)
