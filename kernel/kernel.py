@@ -51,7 +51,9 @@ class Kernel:
     def __init__(self, config: KernelConfig, backend: Backend, handle_factory: HandleFactory) -> None:
         self.config = config
         self.backend = backend
-        self.scheduler = Scheduler(config.policy, config.max_batch, config.quantum, config.prefill_chunk)
+        self.scheduler = Scheduler(
+            config.policy, config.max_batch, config.quantum, config.prefill_chunk, config.prefill_first
+        )
         pool = KVPool(backend.shape, int(config.kv_budget_mb * 2**20), config.kv_eviction)
         self.engine = Engine(backend, self.scheduler, pool, config.prefix_sharing)
         self.procs = ProcessTable(config.max_processes)

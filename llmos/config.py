@@ -41,6 +41,7 @@ class KernelConfig:
     max_batch: int = 32  # sequences decoded together in one forward pass
     quantum: int = 32  # tokens a process may decode before it can be preempted
     prefill_chunk: int = 256  # prompt tokens prefilled per step, so decoders never stall long
+    prefill_first: bool = True  # newcomers' prefill runs in its own step (lower time to first token)
     kv_budget_mb: float = 4096.0  # retained KV of all processes together
     kv_eviction: str = "drop"  # drop | compress: what happens to the least recently run KV over budget
     prefix_sharing: bool = True  # new contexts copy a shared prefix's KV instead of computing it

@@ -194,3 +194,29 @@ def test_fair_share_converges_to_nice_weights(tiny_backend):
     total = sum(shares)
     for got, weight in zip(shares, (1, 2, 4)):
         assert abs(got / total - weight / 7) <= 0.1 * weight / 7, shares
+
+
+def test_prefill_first_then_decoders_never_starve(tiny_backend):
+    from llmos.kernel.sampling import SamplingParams
+    from llmos.kernel.scheduler import Scheduler
+    from llmos.kernel.sequence import Sequence
+    from llmos.kernel.process import Process
+
+    def seq(pid, prompt_len, cached):
+        kv = tiny_backend.new_kv()
+        kv.token_ids = list(range(cached))
+        return Sequence(Process(pid, 0, "p", "p", []), list(range(prompt_len)), SamplingParams(), kv, str, frozenset())
+
+    sched = Scheduler(max_batch=8, prefill_chunk=100)
+    decoder = seq(1, 10, 9)  # one pending token: decoding
+    sched.add(decoder)
+    assert [(s.seq.pid, s.n_tokens) for s in sched.schedule()] == [(1, 1)]
+    decoder.kv.token_ids.append(0)  # pretend the step ran
+    newcomer = seq(2, 150, 0)
+    sched.add(newcomer)
+    first = sched.schedule()
+    assert [(s.seq.pid, s.n_tokens, s.want_logits) for s in first] == [(2, 100, False)]  # prefill alone
+    newcomer.kv.token_ids.extend(range(100))
+    second = sched.schedule()  # the decoder is always in the next step, with the rest of the chunk
+    assert [(s.seq.pid, s.n_tokens) for s in second] == [(1, 1), (2, 50)]
+    assert second[1].want_logits
