@@ -62,7 +62,9 @@ def jain(values: list[float]) -> float:
 
 
 async def run_agents(backend: Backend, n: int, opts: argparse.Namespace) -> dict:
-    config = KernelConfig(max_batch=opts.max_batch, quantum=opts.quantum, policy=opts.policy)
+    config = KernelConfig(
+        max_batch=opts.max_batch, quantum=opts.quantum, policy=opts.policy, prefill_first=opts.prefill_first
+    )
     async with boot(config, backend) as kernel:
         kernel.engine.recorded = []
         sh = session(kernel, "bench")
@@ -179,7 +181,16 @@ async def idle_ttft(backend: Backend) -> float:
 
 async def run_all(backend: Backend, opts: argparse.Namespace) -> dict:
     console = Console(stderr=True)
-    report: dict = {"model": backend.name, "tokens_per_turn": opts.tokens, "rounds": opts.rounds, "runs": []}
+    report: dict = {
+        "model": backend.name,
+        "tokens_per_turn": opts.tokens,
+        "rounds": opts.rounds,
+        "tool_seconds": opts.tool_seconds,
+        "max_batch": opts.max_batch,
+        "policy": opts.policy,
+        "prefill_first": opts.prefill_first,
+        "runs": [],
+    }
     report["idle_ttft_s"] = round(await idle_ttft(backend), 4)
     for n in opts.agents:
         console.print(f"[dim]N={n}…[/]")
@@ -246,6 +257,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--quantum", type=int, default=32)
     p.add_argument("--policy", default="rr")
+    p.add_argument("--no-prefill-first", dest="prefill_first", action="store_false", help="mix newcomers' prefill into decode steps")
     p.add_argument("--model", default=None)
     p.add_argument("--json", default="bench-results/sched.json", help="where to write the figures")
     p.add_argument("--plot", default="bench-results/sched.png", help="where to draw tok/s against N")
