@@ -89,6 +89,7 @@ class CompletionRequest(BaseModel):
     n: int = 1
     tools: list[Any] | None = None
     logprobs: bool | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks)
 
 
 # -- serving ------------------------------------------------------------------------------
@@ -301,6 +302,7 @@ def _syscall_args(req: CompletionRequest) -> dict[str, Any]:
         "seed": req.seed,
         "stop": stop,
         "stream": req.stream,
+        "ignore_eos": req.ignore_eos,
     }
 
 

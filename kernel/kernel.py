@@ -21,6 +21,7 @@ from llmos.kernel.backend import Backend
 from llmos.kernel.capabilities import Capabilities
 from llmos.kernel.engine import Engine
 from llmos.kernel.events import Event, EventBus
+from llmos.kernel.kvcache import KVPool
 from llmos.kernel.process import Process, ProcessTable, ProcState
 from llmos.kernel.remote_engine import RemoteModel, is_remote
 from llmos.kernel.scheduler import Scheduler
@@ -54,9 +55,14 @@ class Kernel:
     def __init__(self, config: KernelConfig, backend: Backend | RemoteModel, handle_factory: HandleFactory) -> None:
         self.config = config
         self.backend = backend
-        self.scheduler = Scheduler(config.policy, config.max_batch, config.quantum, config.prefill_chunk)
-        remote = isinstance(backend, RemoteModel)  # an OpenAI-protocol server: kernel/remote_engine.py
-        self.engine = backend.new_engine(self.scheduler) if remote else Engine(backend, self.scheduler)
+        self.scheduler = Scheduler(
+            config.policy, config.max_batch, config.quantum, config.prefill_chunk, config.prefill_first
+        )
+        if isinstance(backend, RemoteModel):  # an OpenAI-protocol server: kernel/remote_engine.py
+            self.engine = backend.new_engine(self.scheduler)
+        else:
+            pool = KVPool(backend.shape, int(config.kv_budget_mb * 2**20), config.kv_eviction)
+            self.engine = Engine(backend, self.scheduler, pool, config.prefix_sharing)
         self.procs = ProcessTable(config.max_processes)
         self.events = EventBus()
         self.handle_factory = handle_factory

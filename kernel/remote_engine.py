@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from llmos.kernel.engine import EngineStats
+from llmos.kernel.kvcache import KVStats
 from llmos.kernel.process import Process, ProcState
 from llmos.kernel.sampling import SamplingParams
 from llmos.kernel.scheduler import Scheduler
@@ -115,11 +116,24 @@ class RemoteSequence:
         return range(self.completion_tokens)
 
 
+class NoKV:
+    """The KV pool of a remote model: its cache lives on the server; the kernel holds none."""
+
+    budget_bytes = 0
+
+    def __init__(self) -> None:
+        self.stats = KVStats()
+
+    def used_bytes(self) -> int:
+        return 0
+
+
 class RemoteEngine:
     def __init__(self, model: RemoteModel, scheduler: Scheduler) -> None:
         self.model = model
         self.scheduler = scheduler  # its waiting/running lists are the queue (kernel.stat shows them)
         self.stats = EngineStats()
+        self.pool = NoKV()
         self._wakeup = trio.Event()
         self._channels: dict[int, trio.MemorySendChannel[str]] = {}
         self._receivers: dict[int, trio.MemoryReceiveChannel[str]] = {}
@@ -245,6 +259,8 @@ class RemoteEngine:
             body["stop"] = p.stop
         if p.seed is not None:
             body["seed"] = p.seed
+        if p.ignore_eos:
+            body["ignore_eos"] = True  # vLLM's and llmos's extension
         return body
 
     def _on_event(self, seq: RemoteSequence, event: Any) -> None:
