@@ -20,9 +20,11 @@ ENOSYS); it never takes the kernel down. The server's stderr goes to
 from __future__ import annotations
 
 import re
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, AsyncIterator
 
+import anyio
 import jsonschema
 import trio
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
@@ -143,7 +145,7 @@ async def _serve(kernel: Any, m: Mount, env: dict[str, str], cwd: Any, *, task_s
     params = StdioServerParameters(command=m.command, args=m.args, env=env or None, cwd=cwd)
     try:
         with open(log_dir / f"{m.prefix}.log", "ab") as errlog:
-            async with Client(stdio_client(params, errlog=errlog)) as client:
+            async with Client(_watched(stdio_client(params, errlog=errlog), m.unmount)) as client:
                 m.client = client
                 for t in await _list_tools(client):
                     entry = _syscall_for(m, t)
@@ -152,7 +154,7 @@ async def _serve(kernel: Any, m: Mount, env: dict[str, str], cwd: Any, *, task_s
                 task_status.started()
                 started = True
                 kernel.events.publish(Event(0, "log", f"mcp: mounted {m.prefix} ({len(m.syscalls)} tools)"))
-                await m.unmount.wait()
+                await m.unmount.wait()  # set by mcp.unmount, or by _watched when the server goes away
     except Exception as exc:  # after start-up, a failing server must not stop the kernel
         if not started:
             raise
@@ -164,6 +166,26 @@ async def _serve(kernel: Any, m: Mount, env: dict[str, str], cwd: Any, *, task_s
             del kernel.mounts[m.prefix]
         m.client = None
         m.ended.set()
+
+
+@asynccontextmanager
+async def _watched(transport: Any, ended: trio.Event) -> AsyncIterator[tuple[Any, Any]]:
+    """The transport's streams, with `ended` set when the server's side closes (it exited)."""
+    async with transport as (read, write):
+        forward, receive = anyio.create_memory_object_stream(0)
+
+        async def pump() -> None:
+            async with forward:
+                async for message in read:
+                    await forward.send(message)
+            ended.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            try:
+                yield receive, write
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 async def _list_tools(client: Any) -> list[Any]:
