@@ -113,3 +113,30 @@ def test_a_dying_server_never_takes_the_kernel_down(tiny_backend):
     assert out["crash"] is Errno.EIO
     assert out["after_crash"] is Errno.ENOSYS
     assert out["kernel_ok"] == 42 and out["works_again"] == "2"
+
+
+def test_shell_commands_for_tools_mounts_and_messages(tiny_backend):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from llmos.shell.shell import Shell
+
+    async def body(kernel, sh):
+        out = StringIO()
+        shell = Shell(sh, Console(file=out, width=200))
+        await shell.execute(f"mount fx {sys.executable} {SERVER}")
+        await shell.execute("tools fx.add calc")
+        other = local_handle(kernel, kernel.session("other"))
+        await shell.execute(f"send {other.pid} '{{\"n\": 1}}'")
+        await shell.execute(f"send {other.pid} plain words")
+        await shell.execute("umount fx")
+        await shell.execute("tools fx.*")
+        got = [(await other.ipc.recv(timeout=0)).body for _ in range(2)]
+        return out.getvalue(), got
+
+    text, got = run(tiny_backend, body)
+    assert "mounted fx: fx.add" in text
+    assert "fx.add(a: integer, b: integer)" in text and "Add two integers." in text and "calc(expression: string)" in text
+    assert "unmounted fx" in text and "no tools match" in text
+    assert got == [{"n": 1}, "plain words"]
