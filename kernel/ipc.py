@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 MAILBOX_CAPACITY = 1024  # messages waiting per process; a sender beyond it gets EAGAIN
+MAILBOX_BYTES = 4 * 1024 * 1024  # and their bodies' size together, so floods cannot eat memory
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Message:
     to: int
     body: Any
     tag: str | None = None
+    size: int = 0  # bytes of the body as JSON
     sent: float = field(default_factory=time.time)
 
     def matches(self, sender: int | None, tag: str | None) -> bool:
@@ -37,14 +39,16 @@ class MailboxFull(Exception):
 @dataclass
 class Mailbox:
     messages: deque[Message] = field(default_factory=deque)
+    size: int = 0  # bytes waiting
     waiters: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
 
 
 class Mailboxes:
     """pid -> Mailbox, created on first use, dropped when the process exits."""
 
-    def __init__(self, capacity: int = MAILBOX_CAPACITY) -> None:
+    def __init__(self, capacity: int = MAILBOX_CAPACITY, max_bytes: int = MAILBOX_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.boxes: dict[int, Mailbox] = {}
 
     def box(self, pid: int) -> Mailbox:
@@ -55,9 +59,12 @@ class Mailboxes:
 
     def send(self, message: Message) -> None:
         box = self.box(message.to)
-        if len(box.messages) >= self.capacity:
-            raise MailboxFull(f"mailbox of process {message.to} is full ({self.capacity} messages)")
+        if len(box.messages) >= self.capacity or box.size + message.size > self.max_bytes:
+            raise MailboxFull(
+                f"mailbox of process {message.to} is full ({len(box.messages)} messages, {box.size} bytes waiting)"
+            )
         box.messages.append(message)
+        box.size += message.size
         box.waiters.unpark_all()
 
     def take(self, pid: int, sender: int | None = None, tag: str | None = None) -> Message | None:
@@ -65,6 +72,7 @@ class Mailboxes:
         for i, message in enumerate(box.messages):
             if message.matches(sender, tag):
                 del box.messages[i]
+                box.size -= message.size
                 return message
         return None
 

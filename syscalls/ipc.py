@@ -58,7 +58,7 @@ async def send(call: Call, pid: int, body: Any, tag: Tag | None = None) -> Sent:
     if pid == KERNEL_PID or target is None or not target.alive:
         raise SyscallError(Errno.ESRCH, f"no such process: {pid}")
     try:
-        call.kernel.mailboxes.send(Message(sender=call.proc.pid, to=pid, body=body, tag=tag))
+        call.kernel.mailboxes.send(Message(sender=call.proc.pid, to=pid, body=body, tag=tag, size=size))
     except MailboxFull as exc:
         raise SyscallError(Errno.EAGAIN, str(exc)) from None
     return Sent(to=pid, pending=call.kernel.mailboxes.pending(pid))

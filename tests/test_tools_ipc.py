@@ -130,6 +130,7 @@ def test_send_errors(tiny_backend):
             "too_big": await errno_of(sh.ipc.send(other.pid, "x" * 70_000)),
             "not_json": await errno_of(sh.ipc.send(other.pid, float("nan"))),
             "kept": [(await other.ipc.recv(timeout=0)).body for _ in range(3)],
+            "bytes_full": await _fill_by_bytes(kernel, sh, other.pid),
         }
 
     out = run(tiny_backend, body)
@@ -138,6 +139,14 @@ def test_send_errors(tiny_backend):
     assert out["too_big"] is Errno.E2BIG
     assert out["not_json"] is Errno.EINVAL
     assert out["kept"] == [0, 1, 2]
+    assert out["bytes_full"] is Errno.EAGAIN
+
+
+async def _fill_by_bytes(kernel, sh, pid):
+    kernel.mailboxes.capacity, kernel.mailboxes.max_bytes = 1000, 100_000
+    for _ in range(3):
+        await sh.ipc.send(pid, "x" * 30_000)
+    return await errno_of(sh.ipc.send(pid, "x" * 30_000))
 
 
 def test_kill_and_stop_while_blocked_in_recv(tiny_backend):
