@@ -24,6 +24,7 @@ from llmos.kernel.embeddings import Embedder
 from llmos.kernel.vectorstore import open_client
 
 CHUNK_CHARS = 800
+WRITE_BATCH = 1000  # chunks (or sources) per chromadb write
 COLLECTION_PREFIX = "kb-"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
@@ -125,23 +126,29 @@ class KnowledgeBase:
         self._lock = threading.Lock()  # one writer at a time: ingest deletes then adds
 
     def ingest(self, collection: str, documents: list[tuple[str, str]], size: int = CHUNK_CHARS) -> list[Ingested]:
-        """Chunk, embed and store (source, text) documents; a source seen before is replaced."""
+        """Chunk, embed and store (source, text) documents; a source seen before is replaced.
+        All chunks are embedded in one batch and written in a few large writes: per-document
+        writes would cost a transaction each."""
         col = self._collection(collection, create=True)
-        done = []
-        for source, text in documents:
-            chunks = chunk_text(text, source, size)
-            vectors = self.embedder.embed([_embedded_text(c) for c in chunks])
-            with self._lock:
-                col.delete(where={"source": source})
-                if chunks:
-                    col.add(
-                        ids=[f"{source}#{c.index}" for c in chunks],
-                        documents=[c.text for c in chunks],
-                        embeddings=vectors,
-                        metadatas=[{"source": c.source, "index": c.index, "heading": c.heading} for c in chunks],
-                    )
-            done.append(Ingested(source, len(chunks)))
-        return done
+        latest = dict(documents)  # a source given twice: the last text wins
+        chunks = [c for source, text in latest.items() for c in chunk_text(text, source, size)]
+        vectors = self.embedder.embed([_embedded_text(c) for c in chunks])
+        sources = list(latest)
+        with self._lock:
+            for i in range(0, len(sources), WRITE_BATCH):
+                col.delete(where={"source": {"$in": sources[i : i + WRITE_BATCH]}})
+            for i in range(0, len(chunks), WRITE_BATCH):
+                batch = chunks[i : i + WRITE_BATCH]
+                col.add(
+                    ids=[f"{c.source}#{c.index}" for c in batch],
+                    documents=[c.text for c in batch],
+                    embeddings=vectors[i : i + WRITE_BATCH],
+                    metadatas=[{"source": c.source, "index": c.index, "heading": c.heading} for c in batch],
+                )
+        counts = dict.fromkeys(sources, 0)
+        for c in chunks:
+            counts[c.source] += 1
+        return [Ingested(source, n) for source, n in counts.items()]
 
     def search(self, collection: str, query: str, k: int = 5, min_score: float | None = None) -> list[Hit]:
         col = self._collection(collection, create=False)
