@@ -140,7 +140,6 @@ def test_kbqa_example_answers_from_documents(real_backend, embedder, docs_root):
             return await sh.proc.wait(pid)
 
     status = trio.run(main)
-    print(status.result)
     assert status.exit_code == 0, status.reason
     assert status.result["sources"][0] == "space/mars.md"
     assert "24" in status.result["answer"]  # the model answers from the retrieved chunk
