@@ -3,8 +3,9 @@ nothing the kernel acknowledged.
 
 When: `Kernel.commit()` calls `Journal.commit` after every syscall, before its reply leaves
 the kernel, and whenever a process exits; the daemon also commits every second (token
-counters). A commit writes only what changed since the last one: new or changed process rows
-and new log lines, in one transaction. WAL with synchronous=NORMAL makes a commit durable
+counters). A commit writes only what changed since the last one, in one transaction: new or
+changed process rows, new log lines, and the messages that entered or left a mailbox
+(kernel/ipc.py; so a message `ipc.send` acknowledged is on disk until `ipc.recv` takes it). WAL with synchronous=NORMAL makes a commit durable
 against the daemon being killed (kill -9); against power loss, use synchronous=FULL.
 
 What a restart restores (`Journal.restore`, before any client connects):
@@ -16,10 +17,8 @@ What a restart restores (`Journal.restore`, before any client connects):
   - an exited, unreaped process comes back ZOMBIE with its exit code, reason and result.
   - reaped processes come back as records only (their logs stay readable).
   - pids keep counting from where they were, so no pid is ever reused.
-  - mailboxes: pending messages (`Restored.mail`, `pending_mail()`), for kernel/ipc.py to
-    queue again. The hooks for it: when `kernel.journal` is set, `ipc.send` calls
-    `mailbox_put` before it returns and `ipc.recv` calls `mailbox_take` once it has handed a
-    message over.
+  - mailboxes: the messages waiting for a restored process are in its mailbox again, in
+    order, with sender and tag.
 Sessions (shells, remote clients) are not restored: their code runs outside the daemon and
 its connection is gone. Their children are adopted by the kernel (ppid 0). The KV cache is
 not saved: a restored process prefills again on its next llm.chat.
@@ -30,14 +29,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmos.kernel.capabilities import Capabilities
+from llmos.kernel.ipc import Message
 from llmos.kernel.process import LOG_LINES, REAPED_KEPT, Process, ProcState
+from llmos.kernel.quota import Quota
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE TABLE IF NOT EXISTS mailbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL, sender INTEGER NOT NULL,
-    body TEXT NOT NULL, sent REAL NOT NULL
+    tag TEXT, body TEXT NOT NULL, size INTEGER NOT NULL, sent REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -71,22 +71,13 @@ UPSERT = (
 
 
 @dataclass
-class Mail:
-    id: int
-    pid: int  # the recipient
-    sender: int
-    body: Any
-    sent: float
-
-
-@dataclass
 class Restored:
     """What `restore` brought back."""
 
     stopped: list[int] = field(default_factory=list)  # alive before: now STOPPED, `cont` re-execs
     zombies: list[int] = field(default_factory=list)
     reaped: int = 0
-    mail: dict[int, list[Mail]] = field(default_factory=dict)  # pending messages per recipient
+    messages: int = 0  # put back in restored processes' mailboxes
 
 
 class Journal:
@@ -100,6 +91,7 @@ class Journal:
         self._written: dict[int, tuple] = {}  # pid -> fingerprint of the row on disk
         self._logged: dict[int, int] = {}  # pid -> log lines on disk (Process.log_count)
         self._next_pid = 0
+        self._mail: dict[int, tuple[int, Message]] = {}  # id(message) -> (row id, message)
         self.failures = 0
 
     # -- writing --------------------------------------------------------------------------
@@ -126,10 +118,15 @@ class Journal:
                     trims.append((proc.pid, proc.log_count - LOG_LINES))
         gone = [pid for pid in self._written if pid not in live]
         next_pid = kernel.procs.next_pid
-        if not (rows or lines or gone or next_pid != self._next_pid):
+        waiting = {id(m): m for box in kernel.mailboxes.boxes.values() for m in box.messages}
+        posted = [m for key, m in waiting.items() if key not in self._mail]
+        taken = [key for key in self._mail if key not in waiting]
+        if not (rows or lines or gone or posted or taken or next_pid != self._next_pid):
             return
         try:
             with self._transaction():
+                posted_rows = [self._post(m) for m in posted]
+                self.db.executemany("DELETE FROM mailbox WHERE id = ?", [(self._mail[k][0],) for k in taken])
                 self.db.executemany(UPSERT, rows)
                 self.db.executemany("INSERT OR REPLACE INTO logs (pid, seq, line) VALUES (?, ?, ?)", lines)
                 self.db.executemany("DELETE FROM logs WHERE pid = ? AND seq <= ?", trims)
@@ -146,7 +143,17 @@ class Journal:
         for pid in gone:
             self._written.pop(pid, None)
             self._logged.pop(pid, None)
+        for key in taken:
+            del self._mail[key]
+        self._mail.update((id(m), (row, m)) for m, row in zip(posted, posted_rows))
         self._next_pid = next_pid
+
+    def _post(self, m: Message) -> int:
+        cur = self.db.execute(
+            "INSERT INTO mailbox (pid, sender, tag, body, size, sent) VALUES (?, ?, ?, ?, ?, ?)",
+            (m.to, m.sender, m.tag, json.dumps(m.body), m.size, m.sent),
+        )
+        return int(cur.lastrowid)
 
     def _prune_reaped(self) -> None:
         self.db.execute(
@@ -158,30 +165,6 @@ class Journal:
 
     def _transaction(self) -> Any:
         return _Transaction(self.db)
-
-    # -- mailboxes: hooks for kernel/ipc.py --------------------------------------------------
-
-    def mailbox_put(self, pid: int, sender: int, body: Any) -> int:
-        """Record a queued message before `ipc.send` acknowledges it; returns its durable id."""
-        with self._transaction():
-            cur = self.db.execute(
-                "INSERT INTO mailbox (pid, sender, body, sent) VALUES (?, ?, ?, ?)",
-                (pid, sender, json.dumps(body), time.time()),
-            )
-        return int(cur.lastrowid)
-
-    def mailbox_take(self, message_id: int) -> None:
-        """Forget a message once `ipc.recv` has handed it to its recipient."""
-        with self._transaction():
-            self.db.execute("DELETE FROM mailbox WHERE id = ?", (message_id,))
-
-    def pending_mail(self) -> dict[int, list[Mail]]:
-        mail: dict[int, list[Mail]] = {}
-        for mid, pid, sender, body, sent in self.db.execute(
-            "SELECT id, pid, sender, body, sent FROM mailbox ORDER BY id"
-        ):
-            mail.setdefault(pid, []).append(Mail(mid, pid, sender, json.loads(body), sent))
-        return mail
 
     # -- restoring --------------------------------------------------------------------------
 
@@ -211,8 +194,26 @@ class Journal:
                 proc.ppid = 0  # its parent was a session or is gone: the kernel adopts it
         row = self.db.execute("SELECT value FROM meta WHERE key = 'next_pid'").fetchone()
         kernel.procs.reserve(max(top + 1, int(row[0]) if row else 1))
-        report.mail = self.pending_mail()
+        report.messages = self._restore_mail(kernel)
         return report
+
+    def _restore_mail(self, kernel: "Kernel") -> int:
+        """Waiting messages back into their mailboxes; those for processes gone are dropped."""
+        stale, count = [], 0
+        rows = self.db.execute("SELECT id, pid, sender, tag, body, size, sent FROM mailbox ORDER BY id").fetchall()
+        for row_id, pid, sender, tag, body, size, sent in rows:
+            proc = kernel.procs.get(pid)
+            if proc is None or not proc.alive:
+                stale.append((row_id,))
+                continue
+            message = Message(sender=sender, to=pid, body=json.loads(body), tag=tag, size=size, sent=sent)
+            kernel.mailboxes.box(pid).messages.append(message)
+            kernel.mailboxes.box(pid).size += size
+            self._mail[id(message)] = (row_id, message)
+            count += 1
+        with self._transaction():
+            self.db.executemany("DELETE FROM mailbox WHERE id = ?", stale)
+        return count
 
     def _process(self, rec: dict[str, Any]) -> Process:
         proc = Process(
@@ -275,7 +276,7 @@ def _absolute(spec: str) -> str:
 def _caps_json(caps: Capabilities | None) -> str:
     layers = []
     while caps is not None:
-        layers.append({"allow": list(caps.allow), "fs_root": str(caps.fs_root)})
+        layers.append({"allow": list(caps.allow), "fs_root": str(caps.fs_root), "quota": asdict(caps.quota)})
         caps = caps.parent
     return json.dumps(layers[::-1])
 
@@ -283,5 +284,6 @@ def _caps_json(caps: Capabilities | None) -> str:
 def _caps_from(text: str) -> Capabilities:
     caps: Capabilities | None = None
     for layer in json.loads(text):
-        caps = Capabilities(tuple(layer["allow"]), parent=caps, fs_root=Path(layer["fs_root"]))
+        quota = Quota(**layer.get("quota", {}))
+        caps = Capabilities(tuple(layer["allow"]), parent=caps, fs_root=Path(layer["fs_root"]), quota=quota)
     return caps or Capabilities()

@@ -8,6 +8,7 @@ socket), and otherwise boots a kernel of its own.
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import sys as _sys
@@ -86,6 +87,10 @@ class Shell:
             "attach": Command("attach PID", "follow a process; lines you type go to its mailbox (Ctrl-D leaves)", self.attach),
             "mem": Command("mem PID", "a process's memory pages (when the kernel has mem.* syscalls)", self.mem),
             "history": Command("history", "commands typed before", self.history),
+            "tools": Command("tools [PATTERN...]", "the tools (syscalls) you may use, with their arguments", self.tools),
+            "mount": Command("mount PREFIX COMMAND [ARGS...]", "mount a stdio MCP server's tools as PREFIX.*", self.mount),
+            "umount": Command("umount PREFIX", "unmount an MCP server", self.umount),
+            "send": Command("send PID MESSAGE", "put a message (JSON, or plain text) in a process's mailbox", self.send),
             "help": Command("help", "this list", self.help),
             "quit": Command("quit", "leave the shell (also: exit, Ctrl-D)", self.quit),
         }
@@ -201,7 +206,8 @@ class Shell:
                 if line is None or line.strip() == "/detach":
                     break
                 try:
-                    await self.sys.call("ipc.send", pid=pid, message=line)
+                    await self.sys.ipc.send(pid, line)
+                    self.console.print(f"[dim]→ sent to {pid}'s mailbox[/]")
                 except SyscallError as exc:
                     if exc.errno is Errno.ENOSYS:
                         self.console.print("[yellow]this kernel has no mailboxes (ipc.send): attach can only watch[/]")
@@ -227,6 +233,40 @@ class Shell:
         past = _readline_history() or (self.lines.history if self.lines else [])
         for i, line in enumerate(past[-200:], max(1, len(past) - 199)):
             self.console.print(f"{i:>5}  {escape(line)}", highlight=False)
+
+    async def tools(self, args: list[str]) -> None:
+        from llmos.agents.tooluse import describe_tools
+
+        tools = await self.sys.tools.list(*args)
+        table = Table(box=None, header_style="bold", show_header=False)
+        for line, t in zip(describe_tools(tools).splitlines(), tools):
+            signature, _, description = line[2:].partition("): ")
+            table.add_row(f"[bold]{escape(signature)})[/]", escape(description))
+        self.console.print(table if tools else "no tools match")
+
+    async def mount(self, args: list[str]) -> None:
+        if len(args) < 2:
+            raise UsageError("mount needs a prefix and a command")
+        names = await self.sys.mcp.mount(args[0], args[1], *args[2:])
+        self.console.print(f"[green]mounted {escape(args[0])}:[/] {escape(' '.join(names))}")
+
+    async def umount(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise UsageError("umount needs a prefix")
+        await self.sys.mcp.unmount(args[0])
+        self.console.print(f"unmounted {escape(args[0])}")
+
+    async def send(self, args: list[str]) -> None:
+        if len(args) < 2:
+            raise UsageError("send needs a pid and a message")
+        (pid,) = _ints(args[:1], 1)
+        text = " ".join(args[1:])
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = text
+        await self.sys.ipc.send(pid, body)
+        self.console.print(f"sent to {pid}")
 
     async def help(self, args: list[str]) -> None:
         table = Table(show_header=False, box=None)

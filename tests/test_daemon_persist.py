@@ -6,14 +6,12 @@ from __future__ import annotations
 import re
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import trio
 
 import llmos
 from daemon_util import DaemonProcess, daemon_with, short_home
-from llmos.kernel.persist import Journal
 from llmos.kernel.process import ProcState
 from llmos.syscalls.errors import Errno, SyscallError
 
@@ -37,7 +35,7 @@ def test_restart_restores_table_logs_and_pids(tiny_backend):
     async def first_life():
         async with daemon_with(tiny_backend, home=home) as d:
             async with llmos.connect(d.settings.socket_path, d.token) as sys:
-                diary = await sys.proc.spawn(prog("diary"), "3", nice=5, allow=["log", "sleep"])
+                diary = await sys.proc.spawn(prog("diary"), "3", nice=5, allow=["log", "sleep"], quota={"max_syscalls": 500})
                 talker = await sys.proc.spawn(prog("talker"), "3000")
                 zombie = await sys.proc.spawn(prog("exiter"))
                 reaped = await sys.proc.spawn(prog("diary"), "1")
@@ -79,6 +77,7 @@ def test_restart_restores_table_logs_and_pids(tiny_backend):
     assert "restored after a restart" in logs[diary][-1]
     assert any("entry 0" in line for line in logs[reaped])  # a reaped record's log stays readable
     assert caps.allows("log") and not caps.allows("llm.chat")  # capabilities come back as they were
+    assert caps.quota.max_syscalls == 500
     assert fresh >= next_pid  # pids are never reused
     assert (kill_code, kill_reason) == (137, "killed")
 
@@ -103,16 +102,30 @@ def test_resume_setting_restarts_restored_processes(tiny_backend):
     assert {p.pid: p.state for p in procs}[pid] is ProcState.SLEEPING  # running its program again
 
 
-def test_mailbox_hooks_survive_reopen(tmp_path):
-    journal = Journal(tmp_path / "state.db")
-    first = journal.mailbox_put(7, 3, {"text": "hello"})
-    journal.mailbox_put(7, 4, "second")
-    journal.mailbox_put(9, 3, [1, 2])
-    journal.mailbox_take(first)
-    journal.close()
-    mail = Journal(tmp_path / "state.db").pending_mail()
-    assert [(m.sender, m.body) for m in mail[7]] == [(4, "second")]
-    assert [(m.sender, m.body) for m in mail[9]] == [(3, [1, 2])]
+def test_waiting_messages_survive_a_restart(tiny_backend):
+    home = short_home()
+
+    async def first_life():
+        async with daemon_with(tiny_backend, home=home) as d:
+            async with llmos.connect(d.settings.socket_path, d.token) as sys:
+                waiting = await sys.proc.spawn(prog("diary"), "1")
+                eater = await sys.proc.spawn(prog("receiver"), "1")
+                await sys.ipc.send(eater, "eaten")  # taken before the restart: not restored
+                await sys.ipc.send(waiting, {"n": 1}, tag="a")
+                await sys.ipc.send(waiting, "two")
+                await until(lambda: _state(sys, eater, ProcState.ZOMBIE))
+                return waiting, eater, sys.pid
+
+    async def second_life():
+        async with daemon_with(tiny_backend, home=home) as d:
+            boxes = d.kernel.mailboxes
+            restored = [(m.sender, m.tag, m.body) for m in boxes.box(waiting).messages]
+            return d.restored.messages, restored, boxes.pending(eater)
+
+    waiting, eater, sender = trio.run(first_life)
+    count, restored, eaten = trio.run(second_life)
+    assert count == 2 and restored == [(sender, "a", {"n": 1}), (sender, None, "two")]
+    assert eaten == 0
 
 
 def test_sigkill_loses_nothing_acknowledged():
@@ -125,16 +138,19 @@ def test_sigkill_loses_nothing_acknowledged():
             diary = await sys.proc.spawn(prog("diary"), "4", name="diary")
             talker = await sys.proc.spawn(prog("talker"), "3000", nice=3)
             zombie = await sys.proc.spawn(prog("exiter"))
+            collector = await sys.proc.spawn(prog("collector"))
+            for body in ("a", "b"):  # acknowledged, waiting (the collector wants "start" first)
+                await sys.ipc.send(collector, body)
             await until(lambda: _has_log(sys, diary, "entry 3"), timeout=60)
             await until(lambda: _state(sys, zombie, ProcState.ZOMBIE), timeout=60)
             await until(lambda: _generated(sys, talker, 1), timeout=120)
             acknowledged = await sys.read_log(diary)
             # Killed while this session is connected: its zombie child is not reaped.
             killed = daemon.signal(signal.SIGKILL)
-            return diary, talker, zombie, acknowledged, killed
+            return diary, talker, zombie, collector, acknowledged, killed
 
     try:
-        diary, talker, zombie, acknowledged, killed = trio.run(before_kill)
+        diary, talker, zombie, collector, acknowledged, killed = trio.run(before_kill)
         assert killed == -signal.SIGKILL
         daemon = DaemonProcess(home, "--no-http").start()
 
@@ -147,20 +163,26 @@ def test_sigkill_loses_nothing_acknowledged():
                     await sys.proc.wait(zombie)
                 except SyscallError as exc:
                     with_result = exc.errno  # the session that could reap it is gone: ECHILD
-                return procs, log, with_result
+                # The collector runs again from the start and finds its messages still waiting.
+                await sys.proc.signal(collector, "cont")
+                await sys.ipc.send(collector, "start", tag="start")
+                await until(lambda: _state(sys, collector, ProcState.ZOMBIE), timeout=60)
+                inbox = await sys.read_log(collector)
+                return procs, log, with_result, inbox
 
-        procs, log, wait_errno = trio.run(after_restart)
+        procs, log, wait_errno, inbox = trio.run(after_restart)
         assert procs[diary].state is ProcState.STOPPED and procs[diary].name == "diary"
         assert procs[talker].state is ProcState.STOPPED and procs[talker].nice == 3
         assert procs[zombie].state is ProcState.ZOMBIE and procs[zombie].exit_code == 3
         assert wait_errno is Errno.ECHILD
         assert log[: len(acknowledged)] == acknowledged  # every acknowledged line, in order
         assert "restored after a restart" in log[-1]
+        assert any("inbox: ['start', 'a', 'b']" in line for line in inbox)  # no acknowledged message lost
         shell = _shell(daemon, f"ps -a\nlogs {diary}\ncont {diary}\nstop {talker}\ntop -n 1\nmem {diary}\n"
                                f"attach {diary}\nhello there\n/detach\nkill {talker}\nhistory\n")
         assert "STOPPED" in shell and "entry 3" in shell and f"continued {diary}" in shell
         assert "this kernel has no memory paging" in shell and "TOK/S" in shell and "KV MB" in shell
-        assert f"attached to {diary}" in shell and "no mailboxes" in shell and f"killed {talker}" in shell
+        assert f"attached to {diary}" in shell and f"sent to {diary}'s mailbox" in shell and f"killed {talker}" in shell
         assert re.search(rf"^\s+\d+\s+attach {diary}$", shell, re.M)  # `history` lists what was typed
         assert daemon.signal(signal.SIGTERM) == 0  # graceful: checkpoint, exit 0
         assert "checkpointing" in daemon.output()
