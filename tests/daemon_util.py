@@ -3,8 +3,10 @@ process (for SIGKILL and load), and a raw JSON-lines client for frames the SDK w
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +23,11 @@ from llmos.kernel.daemon import INFO_FILE, Daemon, DaemonSettings
 
 
 def short_home() -> Path:
-    """A data dir whose socket path fits in sun_path (108 bytes), unlike some pytest tmp paths."""
-    return Path(tempfile.mkdtemp(prefix="llmosd-", dir="/tmp"))
+    """A data dir whose socket path fits in sun_path (108 bytes), unlike some pytest tmp paths;
+    removed when the test session ends."""
+    path = Path(tempfile.mkdtemp(prefix="llmosd-", dir="/tmp"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @asynccontextmanager
