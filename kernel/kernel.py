@@ -193,8 +193,10 @@ class Kernel:
         self._exits = trio.Event()
         first_line = reason.splitlines()[-1] if reason else ""
         self.events.publish(Event(proc.pid, "exit", f"exit {code}: {first_line}"))
-        if proc.session:
-            self.procs.remove(proc.pid)  # a closed session leaves nothing to reap
+        if proc.session or proc.ppid == KERNEL_PID:
+            # A closed session leaves nothing to reap, and the kernel reaps its adopted
+            # orphans at once (as init does); their record and log stay readable as reaped.
+            self.procs.remove(proc.pid)
         self.commit()
 
     def commit(self) -> None:

@@ -231,3 +231,19 @@ def test_busy_process_cannot_chat_twice(tiny_backend):
         return code
 
     assert run(tiny_backend, body) is Errno.EBUSY
+
+
+def test_orphans_are_reaped_by_the_kernel(tiny_backend):
+    async def body(kernel, sh):
+        from llmos.runtime import session as new_session
+
+        parent = new_session(kernel, "parent")
+        pid = await parent.proc.spawn(prog("talker"), "3")
+        kernel.end_session(kernel.procs.get(parent.pid))  # the parent goes away first
+        orphan = kernel.procs.get(pid)
+        assert orphan.ppid == 0
+        await orphan.exited.wait()
+        return kernel.procs.get(pid), kernel.procs.lookup(pid)
+
+    live, reaped = run(tiny_backend, body)
+    assert live is None and reaped is not None and reaped.exit_code == 0
