@@ -20,6 +20,7 @@ from llmos.config import KernelConfig, data_dir
 from llmos.runtime import boot, session
 from llmos.shell.run import render_event
 from llmos.syscalls.errors import SyscallError
+from llmos.syscalls.mem import MemStat
 from llmos.syscalls.proc import ProcInfo
 
 
@@ -45,6 +46,7 @@ class Shell:
             "wait": Command("wait [PID]", "wait for a child to exit and show its result", self.wait),
             "nice": Command("nice PID VALUE", "set a process's nice value (-20..19)", self.nice),
             "logs": Command("logs [-f] PID", "show a process's log (-f: follow until it exits)", self.logs),
+            "mem": Command("mem PID", "a process's memory: page table, faults, evictions", self.mem),
             "help": Command("help", "this list", self.help),
             "quit": Command("quit", "leave the shell (also: exit, Ctrl-D)", self.quit),
         }
@@ -111,6 +113,10 @@ class Shell:
             names = {pid: str(pid)}
             await self.sys.follow_log(pid, lambda ev: render_event(self.console, ev, names))
 
+    async def mem(self, args: list[str]) -> None:
+        (pid,) = _ints(args, 1)
+        self.console.print(mem_table(await self.sys.mem.stat(pid)))
+
     async def help(self, args: list[str]) -> None:
         table = Table(show_header=False, box=None)
         for cmd in self.commands.values():
@@ -138,6 +144,27 @@ def ps_table(procs: list[ProcInfo], with_reason: bool = False) -> Table:
             last = p.exit_reason.splitlines()[-1] if p.exit_reason else ""
             row.append("" if p.exit_code is None else f"{p.exit_code} {escape(last)}")
         table.add_row(*row)
+    return table
+
+
+def mem_table(st: MemStat) -> Table | str:
+    if not st.memory:
+        return f"pid {st.pid} has no memory pages"
+    kind = "named" if st.named else "anonymous"
+    table = Table(box=None, header_style="bold", title_justify="left", title=(
+        f"pid {st.pid}: memory {escape(st.memory)} ({kind}, {st.policy}) — {st.resident_tokens}/{st.budget} tokens "
+        f"resident; {st.pages} pages: {st.resident_pages} resident, {st.evicted_pages} evicted, "
+        f"{st.pinned_pages} pinned; {st.faults} faults, {st.page_ins} page ins, {st.page_outs} page outs"
+    ))
+    for col in ("PAGE", "POS", "MSG", "ROLE", "TOKENS", "STATE", "FLAGS", "REFS", "LAST", "TEXT"):
+        table.add_column(col, justify="right" if col in ("PAGE", "POS", "MSG", "TOKENS", "REFS", "LAST") else "left")
+    for e in st.entries:
+        state = "[green]resident[/]" if e.state == "resident" else "[dim]evicted[/]"
+        flags = " ".join(f for f, on in (("pinned", e.pinned), ("recalled", e.recalled)) if on)
+        table.add_row(
+            str(e.page), str(e.position), str(e.message), e.role, str(e.tokens), state, flags,
+            str(e.accesses), str(e.last_access), escape(e.preview),
+        )
     return table
 
 
