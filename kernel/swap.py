@@ -28,7 +28,7 @@ from llmos.kernel.pagetable import Page
 from llmos.kernel.vectorstore import VectorStoreUnavailable, open_client
 
 COLLECTION = "llmos-memory"
-LEXICAL_WEIGHT = 0.3  # how much word overlap adds to cosine similarity (both in [0, 1])
+LEXICAL_WEIGHT = 0.5  # how much word overlap adds to cosine similarity (both in [0, 1])
 
 _STOPWORDS = frozenset(
     """a an the of in on at to is are was were be been by for with and or but not no yes it its
@@ -41,7 +41,15 @@ _WORD = re.compile(r"[^\W_]+")
 
 
 def content_words(text: str) -> frozenset[str]:
-    return frozenset(w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 1)
+    """Lower-cased words that carry meaning; a plural 's' dropped ("lives" meets "live")."""
+    words = set()
+    for word in _WORD.findall(text.lower()):
+        if word in _STOPWORDS or len(word) < 2:
+            continue
+        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        words.add(word)
+    return frozenset(words)
 
 
 def relevance(similarity: float, query_words: frozenset[str], text: str) -> float:

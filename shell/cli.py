@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_args(shell)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["sched"], help="which benchmark")
+    bench.add_argument("which", choices=["sched", "memory"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return trio.run(run_shell, config_from(args))
     if args.command == "bench":
+        if args.which == "memory":
+            from llmos.benchmarks import memory
+
+            return memory.main(args.rest)
         from llmos.benchmarks import sched
 
         return sched.main(args.rest)
