@@ -102,6 +102,7 @@ class LLM:
         seed: int | None = None,
         stop: list[str] | None = None,
         on_text: TextCallback | None = None,
+        ignore_eos: bool = False,
     ) -> ChatResponse:
         """A completion. `messages` is a prompt string or a list of {role, content};
         `on_text` (sync or async) receives the text as it is generated."""
@@ -113,6 +114,7 @@ class LLM:
             seed=seed,
             stop=stop or [],
             stream=on_text is not None,
+            ignore_eos=ignore_eos,
         )
         emit = None
         if on_text is not None:

@@ -25,5 +25,5 @@ def sequential_generate(backend: Backend, calls: list[tuple[list[int], SamplingP
     tokens = 0
     started = time.perf_counter()
     for prompt_ids, params in calls:
-        tokens += len(backend.hf_generate(prompt_ids, params.max_tokens))
+        tokens += len(backend.hf_generate(prompt_ids, params.max_tokens, params.ignore_eos))
     return BaselineResult(len(calls), tokens, time.perf_counter() - started)

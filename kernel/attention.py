@@ -49,6 +49,43 @@ class StepContext:
         _current.segments = None
 
 
+def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[Segment], scale: float) -> torch.Tensor:
+    """Store the new keys/values of every segment in its cache and attend each segment's
+    queries to its own cache. q: [N, q_heads, dim]; k, v: [N, kv_heads, dim] (rotary applied).
+    Returns [N, q_heads, dim]."""
+    q_heads, kv_heads = q.shape[1], k.shape[1]
+    rep = q_heads // kv_heads
+    outputs = []
+    offset = 0
+    for seg in segments:
+        end = seg.start + seg.n
+        buf = seg.kv.buf[layer]
+        buf[0, :, seg.start : end] = k[offset : offset + seg.n].transpose(0, 1)
+        buf[1, :, seg.start : end] = v[offset : offset + seg.n].transpose(0, 1)
+        keys, values = buf[0, :, :end], buf[1, :, :end]  # [kv_heads, end, dim], in place
+        if seg.n == 1:
+            # A single query attends to everything stored: group the query heads that share a
+            # KV head, so no key is repeated and no mask is needed.
+            qg = q[offset].reshape(kv_heads, rep, -1)
+            out = F.scaled_dot_product_attention(qg, keys, values, scale=scale).reshape(1, q_heads, -1)
+        else:
+            qs = q[offset : offset + seg.n].transpose(0, 1)  # [q_heads, n, dim]
+            if rep > 1:
+                keys = keys.repeat_interleave(rep, dim=0)
+                values = values.repeat_interleave(rep, dim=0)
+            if seg.start == 0:
+                out = F.scaled_dot_product_attention(qs, keys, values, is_causal=True, scale=scale)
+            else:
+                # Query i sits at position start+i and may see every position up to it.
+                rows = torch.arange(seg.n).unsqueeze(1) + seg.start
+                mask = torch.arange(end).unsqueeze(0) <= rows
+                out = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, scale=scale)
+            out = out.transpose(0, 1)
+        outputs.append(out)
+        offset += seg.n
+    return torch.cat(outputs, dim=0)
+
+
 def varlen_attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # [1, q_heads, N, dim]
@@ -59,42 +96,13 @@ def varlen_attention(
     dropout: float = 0.0,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
+    """`attend` behind transformers' attention interface, for models without a lean runner."""
     segments: list[Segment] | None = getattr(_current, "segments", None)
     if segments is None:
         raise RuntimeError("llmos attention called outside a StepContext")
-    layer = module.layer_idx
-    q_heads, kv_heads = query.shape[1], key.shape[1]
-    rep = q_heads // kv_heads
-    outputs = []
-    offset = 0
-    for seg in segments:
-        end = seg.start + seg.n
-        buf = seg.kv.buf[layer]
-        buf[0, :, seg.start : end] = key[0, :, offset : offset + seg.n]
-        buf[1, :, seg.start : end] = value[0, :, offset : offset + seg.n]
-        keys = buf[0, :, :end].unsqueeze(0)
-        values = buf[1, :, :end].unsqueeze(0)
-        q = query[:, :, offset : offset + seg.n]
-        if seg.n == 1:
-            # A single query attends to everything stored: group the query heads that share a
-            # KV head, so no key is repeated and no mask is needed.
-            q = q.reshape(1, kv_heads, rep, q.shape[-1])
-            out = F.scaled_dot_product_attention(q, keys, values, scale=scaling)
-            out = out.reshape(1, q_heads, 1, -1)
-        else:
-            if rep > 1:
-                keys = keys.repeat_interleave(rep, dim=1)
-                values = values.repeat_interleave(rep, dim=1)
-            if seg.start == 0:
-                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=scaling)
-            else:
-                # Query i sits at position start+i and may see every position up to it.
-                rows = torch.arange(seg.n).unsqueeze(1) + seg.start
-                mask = torch.arange(end).unsqueeze(0) <= rows
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
-        outputs.append(out.transpose(1, 2))
-        offset += seg.n
-    return torch.cat(outputs, dim=1), None
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = attend(module.layer_idx, query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), segments, scale)
+    return out.unsqueeze(0), None
 
 
 def register() -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from llmos.kernel import attention
+from llmos.kernel import attention, llama
+from llmos.kernel.llama import LlamaRunner
 from llmos.kernel.kvcache import KVShape, SequenceKV
 
 
@@ -25,7 +26,7 @@ class WorkItem:
 
 
 class Backend:
-    def __init__(self, model: Any, tokenizer: Any, name: str = "model", threads: int = 0) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: str = "model", threads: int = 0, lean: bool = True) -> None:
         attention.register()
         if threads > 0:
             torch.set_num_threads(threads)
@@ -44,6 +45,9 @@ class Backend:
         )
         self.max_context = int(getattr(cfg, "max_position_embeddings", 2048))
         self.eos_ids = frozenset(_eos_ids(model, tokenizer))
+        # Llama-family models get the lean forward; anything else runs transformers' forward
+        # with our attention plugged in.
+        self.runner = LlamaRunner(model) if lean and llama.supports(model) else None
 
     @classmethod
     def load(cls, spec: str, dtype: str = "float32", threads: int = 0) -> "Backend":
@@ -90,22 +94,24 @@ class Backend:
             positions.extend(range(start, start + len(item.tokens)))
             if item.want_logits:
                 keep.append(len(ids) - 1)
-        with attention.StepContext(segments):
-            out = self.model(
-                input_ids=torch.tensor([ids]),
-                position_ids=torch.tensor([positions]),
-                use_cache=False,
-                logits_to_keep=torch.tensor(keep, dtype=torch.long) if keep else 1,
-            )
+        if self.runner is not None:
+            logits = self.runner.forward(torch.tensor(ids), torch.tensor(positions), segments, keep)
+        else:
+            with attention.StepContext(segments):
+                out = self.model(
+                    input_ids=torch.tensor([ids]),
+                    position_ids=torch.tensor([positions]),
+                    use_cache=False,
+                    logits_to_keep=torch.tensor(keep, dtype=torch.long) if keep else 1,
+                )
+            logits = out.logits[0] if keep else out.logits[0, :0]
         for item in items:
             item.kv.token_ids.extend(item.tokens)
-        if not keep:
-            return out.logits.new_empty((0, out.logits.shape[-1]))
-        return out.logits[0].float()
+        return logits.float()
 
 
     @torch.inference_mode()
-    def hf_generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    def hf_generate(self, prompt_ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
         """Greedy completion by transformers' own `generate`, one request alone: the reference
         that batched outputs are checked against, and the baseline that benchmarks beat."""
         self.model.set_attn_implementation("sdpa")
@@ -114,6 +120,7 @@ class Backend:
                 torch.tensor([prompt_ids]),
                 attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if ignore_eos else None,
                 do_sample=False,
                 temperature=None,
                 top_p=None,
@@ -124,7 +131,7 @@ class Backend:
         finally:
             self.model.set_attn_implementation(attention.ATTN_NAME)
         new = out[0, len(prompt_ids) :].tolist()
-        return new[:-1] if new and new[-1] in self.eos_ids else new
+        return new[:-1] if new and new[-1] in self.eos_ids and not ignore_eos else new
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

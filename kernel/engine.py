@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import trio
 
 from llmos.kernel.backend import Backend, WorkItem
+from llmos.kernel.kvcache import KVPool
 from llmos.kernel.process import Process, ProcState
 from llmos.kernel.sampling import SamplingParams, sample
 from llmos.kernel.scheduler import Scheduled, Scheduler
@@ -38,9 +39,11 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, backend: Backend, scheduler: Scheduler) -> None:
+    def __init__(self, backend: Backend, scheduler: Scheduler, pool: KVPool, prefix_sharing: bool = True) -> None:
         self.backend = backend
         self.scheduler = scheduler
+        self.pool = pool
+        self.prefix_sharing = prefix_sharing
         self.stats = EngineStats()
         self._wakeup = trio.Event()
         self._channels: dict[int, trio.MemorySendChannel[str]] = {}  # id(seq) -> text sink
@@ -62,9 +65,12 @@ class Engine:
                 f"prompt is {len(prompt_ids)} tokens; the model's context holds {self.backend.max_context}"
             )
         params.max_tokens = min(params.max_tokens, room)
-        kv = proc.kv if proc.kv is not None else self.backend.new_kv()
+        kv = proc.kv if proc.kv is not None else self.pool.new()
+        kv.restore()
         # Keep the cached prefix, but always feed the last prompt token: its logits are needed.
         kv.truncate(min(kv.common_prefix(prompt_ids), len(prompt_ids) - 1))
+        if self.prefix_sharing:
+            self.pool.share_prefix(kv, prompt_ids[:-1])
         proc.kv = kv
         proc.prompt_tokens += len(prompt_ids)
         if self.recorded is not None:
@@ -105,25 +111,27 @@ class Engine:
 
     async def run(self) -> None:
         while True:
-            if not len(self.scheduler):
+            if not await self._step():
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                continue
-            plan = self.scheduler.schedule()
-            for seq in self.scheduler.waiting:
-                if not seq.owner.stopped:
-                    seq.owner.state = ProcState.READY
-            for seq in self.scheduler.running:
-                seq.owner.state = ProcState.RUNNING
-            if not plan:  # everyone who wants the model is stopped
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-                continue
-            items = [WorkItem(s.seq.kv, s.seq.pending(s.n_tokens), s.want_logits) for s in plan]
-            started = time.monotonic()
-            tokens = await trio.to_thread.run_sync(self._forward, plan, items)
-            elapsed = time.monotonic() - started
-            self._finish_step(plan, items, tokens, elapsed)
+
+    async def _step(self) -> bool:
+        """One scheduling round and forward pass; False when there is nothing to run (nobody
+        wants the model, or everyone who does is stopped). Its own frame, so that no cache
+        stays referenced from the loop once its process is gone."""
+        plan = self.scheduler.schedule() if len(self.scheduler) else []
+        for seq in self.scheduler.waiting:
+            if not seq.owner.stopped:
+                seq.owner.state = ProcState.READY
+        for seq in self.scheduler.running:
+            seq.owner.state = ProcState.RUNNING
+        if not plan:
+            return False
+        items = [WorkItem(s.seq.kv, s.seq.pending(s.n_tokens), s.want_logits) for s in plan]
+        started = time.monotonic()
+        tokens = await trio.to_thread.run_sync(self._forward, plan, items)
+        self._finish_step(plan, items, tokens, time.monotonic() - started)
+        return True
 
     def _forward(self, plan: list[Scheduled], items: list[WorkItem]) -> list[int | None]:
         logits = self.backend.step(items)
@@ -138,6 +146,9 @@ class Engine:
         return tokens
 
     def _finish_step(self, plan: list[Scheduled], items: list[WorkItem], tokens: list[int | None], elapsed: float) -> None:
+        for item in items:
+            self.pool.touch(item.kv)
+        self.pool.enforce(busy={id(s.kv) for s in self.scheduler.running})
         self.stats.steps += 1
         self.stats.busy_time += elapsed
         self.stats.note_batch(len(plan))

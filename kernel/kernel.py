@@ -22,6 +22,7 @@ from llmos.kernel.capabilities import Capabilities
 from llmos.kernel.embeddings import Embedder
 from llmos.kernel.engine import Engine
 from llmos.kernel.events import Event, EventBus
+from llmos.kernel.kvcache import KVPool
 from llmos.kernel.memory import Memory
 from llmos.kernel.process import Process, ProcessTable, ProcState
 from llmos.kernel.scheduler import Scheduler
@@ -53,8 +54,11 @@ class Kernel:
     def __init__(self, config: KernelConfig, backend: Backend, handle_factory: HandleFactory) -> None:
         self.config = config
         self.backend = backend
-        self.scheduler = Scheduler(config.policy, config.max_batch, config.quantum, config.prefill_chunk)
-        self.engine = Engine(backend, self.scheduler)
+        self.scheduler = Scheduler(
+            config.policy, config.max_batch, config.quantum, config.prefill_chunk, config.prefill_first
+        )
+        pool = KVPool(backend.shape, int(config.kv_budget_mb * 2**20), config.kv_eviction)
+        self.engine = Engine(backend, self.scheduler, pool, config.prefix_sharing)
         self.procs = ProcessTable(config.max_processes)
         self.events = EventBus()
         self.embedder = Embedder()  # loaded on first use (memory, knowledge base)

@@ -7,7 +7,9 @@ is waiting; it keeps its KV cache and later resumes where it stopped, without pr
 
 Each step every running sequence that is decoding feeds one token; sequences with a prompt to
 prefill share a budget of `prefill_chunk` tokens, so a long new prompt is spread over several
-steps instead of stalling everybody (chunked prefill).
+steps instead of stalling everybody (chunked prefill). With `prefill_first`, a step that finds
+newcomers runs their prefill alone, so their first token does not wait for a full decode step
+of everybody else; the next step always includes the decoders, so they never starve.
 
 Policies:
   rr        round robin: preempt at the quantum whenever anyone waits; admit in arrival order.
@@ -40,13 +42,22 @@ class Scheduled:
 
 
 class Scheduler:
-    def __init__(self, policy: str = "rr", max_batch: int = 32, quantum: int = 32, prefill_chunk: int = 256):
+    def __init__(
+        self,
+        policy: str = "rr",
+        max_batch: int = 32,
+        quantum: int = 32,
+        prefill_chunk: int = 256,
+        prefill_first: bool = True,
+    ):
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {', '.join(POLICIES)}")
         self.policy = policy
         self.max_batch = max_batch
         self.quantum = quantum
         self.prefill_chunk = prefill_chunk
+        self.prefill_first = prefill_first
+        self._last_prefill_only = False
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
         self.min_vruntime = 0.0
@@ -71,13 +82,20 @@ class Scheduler:
     def schedule(self) -> list[Scheduled]:
         self._preempt_expired()
         self._admit()
-        plan: list[Scheduled] = []
+        decoding = [s for s in self.running if s.num_pending <= 1]
+        prefill = self._prefill_chunks()
+        if prefill and decoding and self.prefill_first and not self._last_prefill_only:
+            self._last_prefill_only = True
+            return prefill
+        self._last_prefill_only = False
+        return [Scheduled(seq, 1, True) for seq in decoding] + prefill
+
+    def _prefill_chunks(self) -> list[Scheduled]:
+        plan = []
         budget = self.prefill_chunk
         for seq in self.running:
             pending = seq.num_pending
-            if pending <= 1:
-                plan.append(Scheduled(seq, 1, True))
-            elif budget > 0:
+            if pending > 1 and budget > 0:
                 n = min(pending, budget)
                 budget -= n
                 plan.append(Scheduled(seq, n, n == pending))

@@ -71,7 +71,7 @@ class Sequence:
         """Record a sampled token; return the newly released text (may be empty)."""
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        if token_id in self.eos_ids:
+        if token_id in self.eos_ids and not self.params.ignore_eos:
             return self._finish("stop", self.decode(self.output_ids))
         self.output_ids.append(token_id)
         full = self.decode(self.output_ids)

@@ -14,18 +14,17 @@ DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped by the llm-s
 
 
 def data_dir() -> Path:
-    base = os.environ.get("LLMOS_HOME") or os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "llmos"
-    )
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Process records, logs, the embedded vector store: LLMOS_HOME, else XDG data home."""
+    return _folder("LLMOS_HOME", "XDG_DATA_HOME", "~/.local/share")
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("LLMOS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmos"
-    )
+    """Converted model weights: LLMOS_CACHE, else XDG cache home."""
+    return _folder("LLMOS_CACHE", "XDG_CACHE_HOME", "~/.cache")
+
+
+def _folder(own_env: str, xdg_env: str, xdg_default: str) -> Path:
+    base = os.environ.get(own_env) or os.path.join(os.environ.get(xdg_env) or os.path.expanduser(xdg_default), "llmos")
     path = Path(base)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -41,6 +40,9 @@ class KernelConfig:
     max_batch: int = 32  # sequences decoded together in one forward pass
     quantum: int = 32  # tokens a process may decode before it can be preempted
     prefill_chunk: int = 256  # prompt tokens prefilled per step, so decoders never stall long
+    prefill_first: bool = True  # newcomers' prefill runs in its own step (lower time to first token)
     kv_budget_mb: float = 4096.0  # retained KV of all processes together
+    kv_eviction: str = "drop"  # drop | compress: what happens to the least recently run KV over budget
+    prefix_sharing: bool = True  # new contexts copy a shared prefix's KV instead of computing it
     max_processes: int = 1024
     threads: int = field(default_factory=lambda: int(os.environ.get("LLMOS_THREADS", "0")))

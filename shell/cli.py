@@ -16,10 +16,18 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--policy", choices=POLICIES, default="rr", help="scheduling policy (default rr)")
     g.add_argument("--max-batch", type=int, default=32, help="sequences decoded per forward pass")
     g.add_argument("--quantum", type=int, default=32, help="tokens per time slice before preemption")
+    g.add_argument("--kv-budget-mb", type=float, default=4096.0, help="retained KV cache of all processes, MB")
+    g.add_argument("--kv-eviction", choices=["drop", "compress"], default="drop", help="what eviction does to a KV cache")
 
 
 def config_from(args: argparse.Namespace) -> KernelConfig:
-    cfg = KernelConfig(policy=args.policy, max_batch=args.max_batch, quantum=args.quantum)
+    cfg = KernelConfig(
+        policy=args.policy,
+        max_batch=args.max_batch,
+        quantum=args.quantum,
+        kv_budget_mb=args.kv_budget_mb,
+        kv_eviction=args.kv_eviction,
+    )
     if args.model:
         cfg.model = args.model
     return cfg

@@ -25,6 +25,9 @@ class KernelStat(BaseModel):
     busy_time: float
     preemptions: int
     kv_bytes: int
+    kv_budget_bytes: int
+    kv_evictions: int
+    shared_prefix_tokens: int
 
 
 @syscall("kernel.stat", Empty, KernelStat)
@@ -46,5 +49,8 @@ async def stat(call: Call, req: Empty) -> KernelStat:
         tokens_prefilled=s.tokens_prefilled,
         busy_time=round(s.busy_time, 3),
         preemptions=k.scheduler.preemptions,
-        kv_bytes=sum(p.kv.nbytes for p in k.procs if p.kv is not None),
+        kv_bytes=k.engine.pool.used_bytes(),
+        kv_budget_bytes=k.engine.pool.budget_bytes,
+        kv_evictions=k.engine.pool.stats.evictions,
+        shared_prefix_tokens=k.engine.pool.stats.shared_prefix_tokens,
     )

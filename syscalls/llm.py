@@ -31,6 +31,7 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     stop: list[str] = Field(default_factory=list, max_length=16)
     stream: bool = False
+    ignore_eos: bool = Field(default=False, description="keep generating past end-of-turn (benchmarks)")
 
 
 class Usage(BaseModel):
@@ -57,7 +58,9 @@ async def chat(call: Call, req: ChatRequest) -> ChatResponse:
     if proc.wchan == "llm":
         raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
     started = time.monotonic()
-    params = SamplingParams(req.temperature, req.top_p, req.max_tokens, [s for s in req.stop if s], req.seed)
+    params = SamplingParams(
+        req.temperature, req.top_p, req.max_tokens, [s for s in req.stop if s], req.seed, req.ignore_eos
+    )
     try:
         seq = kernel.engine.submit_chat(proc, [m.model_dump() for m in req.messages], params)
     except ContextTooLong as exc:

@@ -118,3 +118,39 @@ def test_real_two_processes_at_once_match_alone(real_backend):
     together, alone, stats = trio.run(main)
     assert together == alone
     assert max(stats.batch_sizes) == 2  # they really shared forward passes
+
+
+def test_lean_runner_matches_transformers_forward(tiny_backend):
+    from llmos.kernel.backend import Backend
+
+    assert tiny_backend.runner is not None  # llama: the lean forward is in use
+    plain = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-plain", lean=False)
+    assert plain.runner is None
+    ids = tiny_backend.encode("compare the two forward passes " * 6)
+    assert greedy(plain, ids, 16, chunk=9) == greedy(tiny_backend, ids, 16, chunk=9)
+
+
+def test_streaming_chunks_add_up_to_the_reply(tiny_backend):
+    async def main():
+        async with kernel_with(tiny_backend) as kernel:
+            sh = session(kernel)
+            pieces: list[str] = []
+            reply = await sh.llm.chat("stream this", max_tokens=20, on_text=pieces.append)
+            async with sh.llm.stream("stream this", max_tokens=20) as stream:
+                streamed = [piece async for piece in stream]
+            return reply, pieces, streamed, stream.response
+
+    reply, pieces, streamed, response = trio.run(main)
+    assert len(pieces) > 1 and "".join(pieces) == reply.content
+    assert "".join(streamed) == response.content == reply.content
+
+
+def test_local_checkpoint_directory_loads_as_backend(real_backend):
+    """A local transformers checkpoint (here: the converted default model) works as --model."""
+    from llmos.kernel import modelstore
+    from llmos.kernel.backend import Backend
+
+    folder = modelstore.converted_dir(modelstore.resolve("smollm2"))
+    local = Backend.load(str(folder))
+    ids = local.encode_chat([{"role": "user", "content": PROMPTS[0]}])
+    assert greedy(local, ids, 8) == greedy(real_backend, ids, 8)
