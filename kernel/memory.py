@@ -496,14 +496,27 @@ class Memory:
             page = Page(name, e.number, e.position, e.message, e.role, e.tokens, None, None, e.pinned)
             page.resident, page.stored, page.created = False, True, e.created
             table.restore(page)
-        pinned = [e.number for e in entries if e.pinned]
-        if pinned:  # pinned pages never leave: they come back with the memory
-            for stored in await trio.to_thread.run_sync(self.swap.read, name, pinned):
+        table.pages = dict(sorted(table.pages.items()))
+        wanted = [p.number for p in table.pages.values() if p.pinned] + self._working_set(table)
+        if wanted:  # pinned pages never leave; the newest pages are where the talk goes on
+            for stored in await trio.to_thread.run_sync(self.swap.read, name, wanted):
                 page = table.pages[stored.number]
                 page.text, page.vector, page.resident = stored.text, stored.vector, True
                 self._touch(page)
-        table.pages = dict(sorted(table.pages.items()))
         return table
+
+    def _working_set(self, table: PageTable) -> list[int]:
+        """The newest unpinned pages that fit under the low-water mark."""
+        room = int(table.budget * self.config.low_water) - table.pinned_tokens
+        newest: list[int] = []
+        for page in reversed(table.pages.values()):
+            if page.pinned:
+                continue
+            if page.tokens > room:
+                break
+            newest.append(page.number)
+            room -= page.tokens
+        return newest
 
     # -- process exit and kernel shutdown ------------------------------------------------
 

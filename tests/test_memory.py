@@ -262,6 +262,8 @@ def test_named_memory_survives_kernel_restart(tiny_backend, tmp_path):
     assert pages == before.pages == after.pages
     pinned = [e for e in after.entries if e.pinned]
     assert len(pinned) == 1 and pinned[0].state == "resident"  # pinned pages come back at once
+    assert after.entries[-1].state == "resident" and after.entries[-1].preview  # and the newest ones
+    assert 0 < after.resident_tokens <= after.budget
     assert hits[0].page == fact[0] and hits[0].text == FACT
 
 

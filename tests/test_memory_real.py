@@ -4,6 +4,10 @@ end to end (a short version)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import trio
 from rich.console import Console
 
@@ -78,3 +82,23 @@ def test_benchmark_short_run(real_backend, tmp_path):
     assert len(paged["answers"]) == len(window["answers"]) == 2
     assert paged["page_outs"] > 0 and paged["faults"] > 0
     assert paged["residency_recall"] >= 0.5 > window["residency_recall"]
+
+
+def test_remember_example_continues_across_kernel_restarts(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LLMOS_HOME=str(tmp_path), LLMOS_THREADS="1")
+    env.pop("LLMOS_CHROMA_URL", None)
+
+    def llmos_run(*args: str) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "llmos", "run", "remember", *args],
+            capture_output=True, text=True, timeout=600, env=env,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    first = llmos_run("My sister's name is Ingrid.")
+    second = llmos_run("What is my sister's name?")
+    other = llmos_run("--memory", "work", "The review is on Friday.")
+    assert "memory remember: 3 pages" in first  # system prompt, message, reply
+    assert "memory remember: 5 pages (5 resident" in second  # a new kernel found the first three
+    assert "memory work: 3 pages" in other
