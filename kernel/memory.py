@@ -131,6 +131,7 @@ class Memory:
         self.memory_of: dict[int, str] = {}  # pid -> name of its memory
         self.holder: dict[str, int] = {}  # name -> pid attached to it
         self.lock = trio.Lock()
+        self.chatting: set[int] = set()  # pids with a mem.chat turn in progress
         self.latency = Latencies()
         self.errors: deque[str] = deque(maxlen=32)  # failures of background work (exit cleanup)
         self._clock = 0
@@ -419,25 +420,32 @@ class Memory:
                     f"pinning {adding} more tokens would exceed the memory budget "
                     f"({table.pinned_tokens} pinned of {table.budget})"
                 )
-            evicted = [p for p in pages if not p.resident]
-            if evicted:
-                found = await trio.to_thread.run_sync(self.swap.read, table.name, [p.number for p in evicted])
+            brought = [p for p in pages if not p.resident]
+            if brought:
+                found = await trio.to_thread.run_sync(self.swap.read, table.name, [p.number for p in brought])
                 for stored in found:
                     self._page_in(table, table.pages[stored.number], stored)
-            for page in pages:
-                if not page.pinned:
-                    page.pinned, page.stored = True, False  # the stored entry says unpinned
-            await self._enforce(table, protect=set())
+            pinned = [p for p in pages if not p.pinned]
+            for page in pinned:
+                page.pinned, page.stored = True, False  # the stored entry says unpinned
+            try:
+                await self._enforce(table, protect=set())
+            except BaseException:
+                for page in pinned:
+                    page.pinned = False
+                for page in brought:
+                    _drop_text(page)
+                raise
             return pages
 
     async def unpin(self, pid: int, numbers: list[int]) -> list[Page]:
+        """Unpinned pages stay resident until the policy picks them: nothing to evict now."""
         async with self.lock:
             table = self.table(pid)
             pages = self._pages(table, numbers)
             for page in pages:
                 if page.pinned:
                     page.pinned, page.stored = False, False
-            await self._enforce(table, protect=set())
             return pages
 
     def _pages(self, table: PageTable, numbers: list[int]) -> list[Page]:
@@ -451,8 +459,12 @@ class Memory:
             table = self.table(pid)
             if tokens < table.pinned_tokens:
                 raise OverBudget(f"{table.pinned_tokens} tokens are pinned; the budget cannot be lower")
-            table.budget = tokens
-            await self._enforce(table, protect=set())
+            old, table.budget = table.budget, tokens
+            try:
+                await self._enforce(table, protect=set())
+            except BaseException:
+                table.budget = old
+                raise
             return table
 
     async def sync(self, pid: int) -> int:

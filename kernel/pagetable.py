@@ -27,6 +27,8 @@ def cut(text: str, page_tokens: int, encode: Callable[[str], list[int]], decode:
     """Cut one message into pages of at most `page_tokens` tokens: (text, tokens) each.
     Cuts fall between words, so the pages concatenate back to the message exactly; only a
     single word longer than a page is cut inside."""
+    if not text:
+        return []
     total = len(encode(text))
     if total <= page_tokens:
         return [(text, total)]

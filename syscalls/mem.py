@@ -64,15 +64,19 @@ class MemChatResponse(ChatResponse):
 async def chat(call: Call, req: MemChatRequest) -> MemChatResponse:
     """Chat over the process's memory: send the new turn; the kernel adds what is relevant."""
     memory, proc = call.kernel.memory, call.proc
-    if proc.wchan == "llm":
+    if proc.wchan == "llm" or proc.pid in memory.chatting:
         raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
-    with memory_errors():
-        turn = await memory.begin_turn(proc.pid, [m.model_dump() for m in req.messages])
-    proc.write_log("mem", f"turn: pages {turn.pages}, paged in {turn.faulted}, evicted {turn.evicted}")
-    prompt = [Message.model_construct(**m) for m in turn.prompt]
-    response = await llm.chat(call, req.model_copy(update={"messages": prompt}))
-    with memory_errors():
-        reply = await memory.add_reply(proc.pid, response.content)
+    memory.chatting.add(proc.pid)
+    try:
+        with memory_errors():
+            turn = await memory.begin_turn(proc.pid, [m.model_dump() for m in req.messages])
+        proc.write_log("mem", f"turn: pages {turn.pages}, paged in {turn.faulted}, evicted {turn.evicted}")
+        prompt = [Message.model_construct(**m) for m in turn.prompt]
+        response = await llm.chat(call, req.model_copy(update={"messages": prompt}))
+        with memory_errors():
+            reply = await memory.add_reply(proc.pid, response.content)
+    finally:
+        memory.chatting.discard(proc.pid)
     info = TurnInfo(
         pages=turn.pages,
         reply_pages=[p.number for p in reply],

@@ -102,6 +102,7 @@ def test_cut_pages_at_word_boundaries(tiny_backend):
     assert "".join(t for t, _ in pieces) == text
     assert all(0 < n <= 16 for _, n in pieces) and len(pieces) > 8
     assert cut("short", 16, enc, dec) == [("short", len(enc("short")))]
+    assert cut("", 16, enc, dec) == []
 
 
 # -- the memory manager in a kernel --------------------------------------------------------
@@ -349,6 +350,23 @@ def test_bad_arguments_get_typed_errors_and_change_nothing(tiny_backend, tmp_pat
         "huge_budget": Errno.EINVAL, "pin_over": Errno.EAGAIN, "turn_over": Errno.EAGAIN,
     }
     assert after.pages == before.pages and after.total_tokens == before.total_tokens
+
+
+def test_a_second_chat_while_one_runs_is_busy_and_stores_nothing(tiny_backend, tmp_path):
+    async def body(kernel, sh):
+        proc = kernel.procs.get(sh.pid)
+        async with trio.open_nursery() as n:
+            n.start_soon(lambda: sh.mem.chat("Tell me a long story.", max_tokens=300))
+            while proc.wchan != "llm":
+                await trio.sleep(0.01)
+            before = await sh.mem.stat()
+            code = await errno_of(sh.mem.chat("And another one?", max_tokens=2))
+            after = await sh.mem.stat()
+            n.cancel_scope.cancel()
+        return code, before, after
+
+    code, before, after = run(tiny_backend, body, tmp_path)
+    assert code is Errno.EBUSY and after.pages == before.pages == 1
 
 
 def test_kernel_that_never_uses_memory_pays_nothing(tiny_backend, tmp_path):
