@@ -210,9 +210,9 @@ class MemStat(BaseModel):
     page_ins: int
     page_outs: int
     global_budget: int
-    global_resident_tokens: int
-    page_out_p99_ms: float
-    page_in_p99_ms: float
+    global_resident_tokens: int  # of all memories
+    page_out_p99_ms: float  # per page, over the kernel's recent page-outs
+    page_in_p99_ms: float  # per page, over the kernel's recent page faults
     entries: list[PageEntry]
 
 
