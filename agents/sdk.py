@@ -233,7 +233,9 @@ class Mem:
         seed: int | None = None,
         stop: list[str] | None = None,
         on_text: TextCallback | None = None,
+        remember: bool = True,
     ) -> MemChatResponse:
+        """`remember=False` asks without keeping the turn or the reply."""
         args = dict(
             messages=_messages(messages, system),
             max_tokens=max_tokens,
@@ -242,6 +244,7 @@ class Mem:
             seed=seed,
             stop=stop or [],
             stream=on_text is not None,
+            remember=remember,
         )
         response = await self._sys.call("mem.chat", _text_emit(on_text), **args)
         assert isinstance(response, MemChatResponse)

@@ -9,6 +9,10 @@ history's tokens, 10% by default) and the same real model:
                   mem.chat, whose page fault brings evicted pages back by relevance
   sliding window  the most recent messages that fit the budget, asked through llm.chat
 
+Questions are asked without keeping them (mem.chat remember=false, and the window does not
+grow), so each is judged on what the agent was told; --keep-answers keeps them, as a plain
+conversation would (a small model then tends to copy its own earlier wrong answers).
+
 Per contender: residency_recall (the page holding the answer is in the prompt when the question
 is asked), answer_accuracy (the reply contains the answer; the small default model is weak at
 this, and it is reported as it is), page-out and page-in p99 per page, faults.
@@ -125,7 +129,7 @@ def question_text(fact: Fact) -> str:
     return fact.question  # how to answer is said once, in the pinned system prompt
 
 
-async def run_paged(kernel: Any, wl: Workload, budget: int, max_tokens: int, progress: Any) -> Result:
+async def run_paged(kernel: Any, wl: Workload, budget: int, max_tokens: int, keep: bool, progress: Any) -> Result:
     from llmos.runtime import session
 
     sh = session(kernel, "bench-memory")
@@ -141,7 +145,7 @@ async def run_paged(kernel: Any, wl: Workload, budget: int, max_tokens: int, pro
     started = time.perf_counter()
     for n, index in enumerate(wl.asked):
         fact = wl.facts[index]
-        reply = await sh.mem.chat(question_text(fact), max_tokens=max_tokens)
+        reply = await sh.mem.chat(question_text(fact), max_tokens=max_tokens, remember=keep)
         resident = answer_page[fact.turn] in reply.memory.prompt_pages
         result.answers.append(_answer(fact, reply.content, resident, reply.usage, faulted=len(reply.memory.faulted)))
         progress(f"paged memory: asked {n + 1}/{len(wl.asked)} questions")
@@ -168,7 +172,7 @@ def _piece_with(kernel: Any, turn: str, statement: str) -> int:
     return len(pieces) - 1
 
 
-async def run_window(kernel: Any, wl: Workload, budget: int, max_tokens: int, progress: Any) -> Result:
+async def run_window(kernel: Any, wl: Workload, budget: int, max_tokens: int, keep: bool, progress: Any) -> Result:
     """The baseline: keep only the most recent messages that fit the same budget."""
     from llmos.runtime import session
 
@@ -193,8 +197,9 @@ async def run_window(kernel: Any, wl: Workload, budget: int, max_tokens: int, pr
         reply = await sh.llm.chat([system, *(m for m, _, _ in window), question], max_tokens=max_tokens)
         resident = any(turn == fact.turn for _, _, turn in window)
         result.answers.append(_answer(fact, reply.content, resident, reply.usage, faulted=0))
-        history.append((question, len(encode(question["content"])), None))
-        history.append(({"role": "assistant", "content": reply.content}, len(encode(reply.content)), None))
+        if keep:
+            history.append((question, len(encode(question["content"])), None))
+            history.append(({"role": "assistant", "content": reply.content}, len(encode(reply.content)), None))
         progress(f"sliding window: asked {n + 1}/{len(wl.asked)} questions")
     result.question_seconds = time.perf_counter() - started
     return _score(result)
@@ -238,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=["lru", "lru-k", "clock"], default="clock", help="replacement policy")
     p.add_argument("--fault-pages", type=int, default=MemoryConfig.fault_pages, help="pages paged in per turn at most")
     p.add_argument("--max-tokens", type=int, default=24, help="tokens per answer (default 24)")
+    p.add_argument(
+        "--keep-answers", action="store_true",
+        help="keep each question and answer in the conversation (default: ask with remember=false, so a "
+        "wrong answer cannot become a 'fact' that later answers copy)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="model (default: the kernel's default, smollm2)")
     p.add_argument("--chroma-url", default=None, help="a chroma server; default: an embedded store in a temp folder")
@@ -274,8 +284,9 @@ async def bench(args: argparse.Namespace, console: Console, backend: Any = None)
             status.update("loading the embedding model and opening the store…")
             await trio.to_thread.run_sync(kernel.embedder.embed, ["warm up"])  # one-time costs are not paging
             await kernel.memory._open_store()
-            paged = await run_paged(kernel, wl, budget, args.max_tokens, status.update)
-            window = None if args.no_baseline else await run_window(kernel, wl, budget, args.max_tokens, status.update)
+            keep = args.keep_answers
+            paged = await run_paged(kernel, wl, budget, args.max_tokens, keep, status.update)
+            window = None if args.no_baseline else await run_window(kernel, wl, budget, args.max_tokens, keep, status.update)
             model = kernel.backend.name
     return {
         "config": {
@@ -286,6 +297,7 @@ async def bench(args: argparse.Namespace, console: Console, backend: Any = None)
             "page_tokens": args.page_tokens,
             "policy": args.policy,
             "fault_pages": args.fault_pages,
+            "keep_answers": args.keep_answers,
             "history_tokens": history_tokens,
             "budget_tokens": budget,
             "budget_share": round(budget / history_tokens, 4),

@@ -170,9 +170,9 @@ class Memory:
             table = self.table(pid)
             pages = await self._append(table, [(role, text, pinned)])
             try:
-                evicted = await self._enforce(table, protect=set())
+                evicted = await self._enforce(table, protect=set(), fresh={p.number for p in pages})
             except BaseException:
-                table.remove(pages)
+                await self._forget(table, pages)
                 raise
             return pages, evicted
 
@@ -238,7 +238,7 @@ class Memory:
             except BaseException:
                 for page in faulted:  # clean pages: the store still has them
                     _drop_text(page)
-                table.remove(new)
+                await self._forget(table, new)
                 raise
             order = table.in_prompt_order()
             return Turn(
@@ -248,6 +248,22 @@ class Memory:
                 evicted=evicted,
                 prompt_pages=[p.number for p in order],
             )
+
+    async def forget(self, pid: int, numbers: list[int]) -> None:
+        """Take pages out of the memory again (a turn that was not to be remembered)."""
+        async with self.lock:
+            table = self.table(pid)
+            await self._forget(table, [table.pages[n] for n in numbers if n in table.pages])
+
+    async def _forget(self, table: PageTable, pages: list[Page]) -> None:
+        table.remove(pages)
+        stored = [p.number for p in pages if p.stored]
+        if stored:  # written along by another process's eviction: the store must not keep them
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(self.swap.delete, table.name, stored)
+                except Exception as exc:
+                    self.errors.append(f"forgetting pages {stored} of memory {table.name}: {exc}")
 
     def _reference(self, table: PageTable, vector: list[float], words: frozenset[str], skip: list[Page]) -> None:
         """Resident pages relevant to the turn count as referenced (for the policies)."""
@@ -315,14 +331,16 @@ class Memory:
 
     # -- eviction ------------------------------------------------------------------------
 
-    async def _enforce(self, table: PageTable, protect: set[int]) -> int:
-        """Evict until the memory and all memories together are within budget."""
+    async def _enforce(self, table: PageTable, protect: set[int], fresh: set[int] | None = None) -> int:
+        """Evict until the memory and all memories together are within budget. `protect`
+        pages stay; `fresh` ones (this operation's, default: `protect`) are not written along."""
+        fresh = protect if fresh is None else fresh
         low = self.config.low_water
         evicted = 0
         if table.resident_tokens > table.budget:
             need = table.resident_tokens - int(table.budget * low)
             candidates = [p for p in table.resident() if not p.pinned and p.number not in protect]
-            evicted += await self._evict(candidates, need)
+            evicted += await self._evict(candidates, need, table, fresh)
         total = self.resident_tokens()
         if total > self.config.global_budget:
             need = total - int(self.config.global_budget * low)
@@ -332,28 +350,31 @@ class Memory:
                 for p in t.resident()
                 if not p.pinned and not (t is table and p.number in protect)
             ]
-            evicted += await self._evict(candidates, need)
+            evicted += await self._evict(candidates, need, table, fresh)
         return evicted
 
-    async def _evict(self, candidates: list[Page], need: int) -> int:
+    async def _evict(self, candidates: list[Page], need: int, table: PageTable, protect: set[int]) -> int:
         victims = self.policy.victims(candidates, need)
-        await self._page_out(victims)
+        await self._page_out(victims, table, protect)
         return len(victims)
 
-    async def _page_out(self, victims: list[Page]) -> None:
-        """Write what the store lacks, memory by memory; only a written page leaves."""
+    async def _page_out(self, victims: list[Page], table: PageTable, protect: set[int]) -> None:
+        """Write what the store lacks, memory by memory; only a written page leaves. The
+        operation's own new pages (`protect`, in `table`) are not written along: if the
+        operation fails they are forgotten, and the store must not keep them."""
         by_memory: dict[str, list[Page]] = {}
         for page in victims:
             by_memory.setdefault(page.memory, []).append(page)
         for name, pages in by_memory.items():
-            table = self.tables[name]
+            owned = self.tables[name]
             dirty = [p for p in pages if not p.stored]
             if dirty:
-                dirty += _cluster(table, pages, PAGE_CLUSTER - len(dirty))
+                skip = {p.number for p in pages} | (protect if owned is table else set())
+                dirty += _cluster(owned, skip, PAGE_CLUSTER - len(dirty))
             await self._write(name, dirty, measure=True)
             for page in pages:
                 _drop_text(page)
-                table.page_outs += 1
+                owned.page_outs += 1
 
     async def _write(self, name: str, pages: list[Page], measure: bool = False) -> None:
         if not pages:
@@ -585,14 +606,13 @@ class Memory:
                     self.errors.append(f"closing memory {name}: {exc}")
 
 
-def _cluster(table: PageTable, victims: list[Page], room: int) -> list[Page]:
+def _cluster(table: PageTable, skip: set[int], room: int) -> list[Page]:
     """Dirty pages written along with the victims, oldest first: they are the likeliest next
     victims, and one store write of several pages costs little more than one of a single page
     (Linux clusters swap writes for the same reason). Their eviction then writes nothing."""
     if room <= 0:
         return []
-    taken = {p.number for p in victims}
-    return [p for p in table.resident() if not p.stored and not p.pinned and p.number not in taken][:room]
+    return [p for p in table.resident() if not p.stored and not p.pinned and p.number not in skip][:room]
 
 
 def _drop_text(page: Page) -> None:

@@ -160,6 +160,10 @@ class Swap:
         result = _guard(self._where, lambda: col.get(where={"memory": memory}, include=["metadatas"]))
         return [_stored(m) for m in result["metadatas"]]
 
+    def delete(self, memory: str, numbers: list[int]) -> None:
+        col = self.collection()
+        _guard(self._where, lambda: col.delete(ids=[_id(memory, n) for n in numbers]))
+
     def drop(self, memory: str) -> None:
         col = self.collection()
         _guard(self._where, lambda: col.delete(where={"memory": memory}))

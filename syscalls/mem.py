@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Literal
 
+import trio
 from pydantic import BaseModel, Field
 
 from llmos.kernel.memory import MemoryBusy, NoSuchPage, OverBudget, p99
@@ -47,6 +48,8 @@ def memory_errors() -> Iterator[None]:
 class MemChatRequest(ChatRequest):
     """As llm.chat, but `messages` is only the new turn (system messages are pinned)."""
 
+    remember: bool = Field(default=True, description="false: the turn and the reply are not kept")
+
 
 class TurnInfo(BaseModel):
     pages: list[int]  # where the turn's messages went
@@ -72,9 +75,16 @@ async def chat(call: Call, req: MemChatRequest) -> MemChatResponse:
             turn = await memory.begin_turn(proc.pid, [m.model_dump() for m in req.messages])
         proc.write_log("mem", f"turn: pages {turn.pages}, paged in {turn.faulted}, evicted {turn.evicted}")
         prompt = [Message.model_construct(**m) for m in turn.prompt]
-        response = await llm.chat(call, req.model_copy(update={"messages": prompt}))
-        with memory_errors():
-            reply = await memory.add_reply(proc.pid, response.content)
+        try:
+            response = await llm.chat(call, req.model_copy(update={"messages": prompt}))
+        finally:
+            if not req.remember:
+                with trio.CancelScope(shield=True):  # even a killed process leaves nothing behind
+                    await memory.forget(proc.pid, turn.pages)
+        reply: list[Page] = []
+        if req.remember:
+            with memory_errors():
+                reply = await memory.add_reply(proc.pid, response.content)
     finally:
         memory.chatting.discard(proc.pid)
     info = TurnInfo(

@@ -135,9 +135,12 @@ def test_fault_pages_an_early_fact_back_into_the_prompt(tiny_backend, tmp_path):
         kernel.engine.recorded = []
         reply = await sh.mem.chat("What is the vault code of the harbour office?", max_tokens=4)
         prompt = kernel.backend.decode(kernel.engine.recorded[0][0])
-        return fact, before, reply, prompt, await sh.mem.stat()
+        after = await sh.mem.stat()
+        await sh.mem.chat("Who keeps the key?", max_tokens=4, remember=False)  # asks, keeps nothing
+        return fact, before, reply, prompt, after, await sh.mem.stat()
 
-    fact, before, reply, prompt, after = run(tiny_backend, body, tmp_path, page_tokens=64, budget=96)
+    fact, before, reply, prompt, after, unremembered = run(tiny_backend, body, tmp_path, page_tokens=64, budget=96)
+    assert unremembered.pages == after.pages and unremembered.total_tokens == after.total_tokens
     assert next(e for e in before.entries if e.page == fact[0]).state == "evicted"
     assert fact[0] in reply.memory.faulted and fact[0] in reply.memory.prompt_pages
     assert RECALLED + FACT in prompt
@@ -171,6 +174,23 @@ def test_global_budget_evicts_across_processes(tiny_backend, tmp_path):
     other, mine = run(tiny_backend, body, tmp_path, page_tokens=64, budget=1000, global_budget=120, policy="lru")
     assert mine.global_resident_tokens <= 120
     assert other.evicted_pages > 0 and mine.evicted_pages == 0  # the older pages went, whoever owned them
+
+
+def test_a_forgotten_turn_leaves_nothing_in_the_store(tiny_backend, tmp_path):
+    async def body(kernel, sh):
+        other = local_handle(kernel, kernel.session("other"))
+        memory = kernel.memory
+        await fill(sh, 2)
+        turn = await memory.begin_turn(sh.pid, [{"role": "user", "content": "A question not to keep."}])
+        await fill(other, 6)  # the global budget evicts sh's pages, writing its turn along
+        table = memory.table(sh.pid)
+        written = [n for n in turn.pages if table.pages[n].stored]
+        await memory.forget(sh.pid, turn.pages)
+        return written, turn.pages, {e.number for e in memory.swap.catalog(table.name)}
+
+    written, pages, stored = run(tiny_backend, body, tmp_path, page_tokens=64, global_budget=60, policy="lru")
+    assert written == pages  # the eviction did write the turn (so forgetting has work to do)
+    assert not stored & set(pages)
 
 
 def test_kv_is_rebuilt_from_the_first_changed_page(tiny_backend, tmp_path):
