@@ -54,6 +54,10 @@ class Sys:
         self.proc = Proc(self)
         self.fs = FS(self)
         self.mem = Mem(self)
+        self.tools = Tools(self)
+        self.kb = KB(self)
+        self.ipc = IPC(self)
+        self.mcp = MCP(self)
 
     @property
     def pid(self) -> int:
@@ -169,11 +173,13 @@ class Proc:
         nice: int | None = None,
         allow: list[str] | None = None,
         root: str | None = None,
+        quota: dict[str, float | int] | None = None,
     ) -> int:
-        """Start a child process running `program`; returns its pid. `allow` (syscall patterns)
-        and `root` (a folder inside the caller's) narrow what the child may do."""
+        """Start a child process running `program`; returns its pid. `allow` (syscall patterns),
+        `root` (a folder inside the caller's) and `quota` (max_tokens, max_wall_time,
+        max_syscalls, max_memory_pages) narrow what the child may do."""
         r = await self._sys.call(
-            "proc.spawn", program=program, args=list(args), name=name, nice=nice, allow=allow, root=root
+            "proc.spawn", program=program, args=list(args), name=name, nice=nice, allow=allow, root=root, quota=quota
         )
         return r.pid  # type: ignore[attr-defined]
 
@@ -199,6 +205,14 @@ class Proc:
     async def nice(self, value: int, pid: int | None = None) -> int:
         return (await self._sys.call("proc.nice", pid=pid, nice=value)).nice  # type: ignore[attr-defined]
 
+    async def signal(self, pid: int, signal: str) -> None:
+        """"stop", "cont", "term" or "kill"."""
+        await self._sys.call("proc.signal", pid=pid, signal=signal)
+
+    async def limits(self) -> Any:
+        """The caller's quota, its use so far and what is left (a Limits)."""
+        return await self._sys.call("proc.limits")
+
 
 class FS:
     def __init__(self, sys: Sys) -> None:
@@ -213,6 +227,87 @@ class FS:
 
     async def list(self, path: str = ".") -> list[Any]:
         return (await self._sys.call("fs.list", path=path)).entries  # type: ignore[attr-defined]
+
+
+class Tools:
+    """Tools are syscalls: list them with their schemas, call one, or let the model use them."""
+
+    def __init__(self, sys: Sys) -> None:
+        self._sys = sys
+
+    async def list(self, *names: str) -> list[Any]:
+        """ToolInfo (name, description, JSON schema of the arguments) for each syscall the
+        caller may use, narrowed to name patterns if given."""
+        r = await self._sys.call("tools.list", names=list(names) or None)
+        return r.tools  # type: ignore[attr-defined]
+
+    async def call(self, name: str, **args: Any) -> BaseModel:
+        return await self._sys.call(name, **args)
+
+    async def run(self, task: str, tools: list[str], **options: Any) -> Any:
+        """Let the model work on `task` with `tools` (names or patterns): it sees their schemas,
+        calls them in JSON, gets the results back. Returns a ToolRun (agents/tooluse.py)."""
+        from llmos.agents.tooluse import run_tools
+
+        return await run_tools(self._sys, task, tools, **options)
+
+
+class KB:
+    """The knowledge base: documents chunked, embedded and searched by meaning."""
+
+    def __init__(self, sys: Sys) -> None:
+        self._sys = sys
+
+    async def ingest(
+        self, *paths: str, texts: list[dict[str, str]] | None = None, collection: str = "default"
+    ) -> Any:
+        """Add files/folders (inside the caller's root) and {source, text} documents."""
+        return await self._sys.call("kb.ingest", paths=list(paths), texts=texts or [], collection=collection)
+
+    async def search(self, query: str, k: int = 5, collection: str = "default", min_score: float | None = None) -> list[Any]:
+        """The best matching chunks (text, source, heading, score), best first."""
+        r = await self._sys.call("kb.search", query=query, k=k, collection=collection, min_score=min_score)
+        return r.hits  # type: ignore[attr-defined]
+
+    async def list(self) -> dict[str, int]:
+        return (await self._sys.call("kb.list")).collections  # type: ignore[attr-defined]
+
+    async def drop(self, collection: str) -> bool:
+        return (await self._sys.call("kb.drop", collection=collection)).result  # type: ignore[attr-defined]
+
+
+class IPC:
+    """Mailboxes: messages (JSON values) between processes."""
+
+    def __init__(self, sys: Sys) -> None:
+        self._sys = sys
+
+    async def send(self, pid: int, body: Any, tag: str | None = None) -> None:
+        await self._sys.call("ipc.send", pid=pid, body=body, tag=tag)
+
+    async def recv(self, from_pid: int | None = None, tag: str | None = None, timeout: float | None = None) -> Any:
+        """The oldest matching message (sender, tag, body); blocks until one arrives."""
+        return await self._sys.call("ipc.recv", from_pid=from_pid, tag=tag, timeout=timeout)
+
+
+class MCP:
+    """Model Context Protocol servers, their tools mounted as syscalls `<prefix>.<tool>`."""
+
+    def __init__(self, sys: Sys) -> None:
+        self._sys = sys
+
+    async def mount(
+        self, prefix: str, command: str, *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+    ) -> list[str]:
+        """Start a stdio MCP server; returns the syscall names of its tools."""
+        r = await self._sys.call("mcp.mount", prefix=prefix, command=command, args=list(args), env=env or {}, timeout=timeout)
+        return r.tools  # type: ignore[attr-defined]
+
+    async def unmount(self, prefix: str) -> None:
+        await self._sys.call("mcp.unmount", prefix=prefix)
+
+    async def list(self) -> list[Any]:
+        return (await self._sys.call("mcp.list")).mounts  # type: ignore[attr-defined]
 
 
 class Mem:

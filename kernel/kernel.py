@@ -17,14 +17,17 @@ import trio
 
 from llmos.config import KernelConfig
 from llmos.kernel import program
+from llmos.kernel.audit import AuditLog
 from llmos.kernel.backend import Backend
 from llmos.kernel.capabilities import Capabilities
 from llmos.kernel.embeddings import Embedder
 from llmos.kernel.engine import Engine
 from llmos.kernel.events import Event, EventBus
+from llmos.kernel.ipc import Mailboxes
 from llmos.kernel.kvcache import KVPool
 from llmos.kernel.memory import Memory
 from llmos.kernel.process import Process, ProcessTable, ProcState
+from llmos.kernel.quota import EXIT_QUOTA, wall_time_reason
 from llmos.kernel.scheduler import Scheduler
 
 KERNEL_PID = 0
@@ -65,6 +68,11 @@ class Kernel:
         self.memory = Memory(backend.encode, backend.decode, self.embedder)  # opens its store on first use
         self.handle_factory = handle_factory
         self.caps: dict[int, Capabilities] = {}
+        self.audit = AuditLog()  # every syscall, one JSON line
+        self.mailboxes = Mailboxes()  # ipc.send / ipc.recv
+        self.mounted: dict[str, Any] = {}  # syscalls added at run time (MCP tools): name -> Syscall
+        self.mounts: dict[str, Any] = {}  # MCP servers mounted: prefix -> Mount (syscalls/mcp.py)
+        self.kb: Any = None  # the knowledge base (kernel/kb.py), opened on first use
         self._nursery: trio.Nursery | None = None
         self.started = time.time()
         self._exits = trio.Event()  # set (and replaced) whenever a process exits
@@ -117,7 +125,12 @@ class Kernel:
         entry = program.load(spec)
         ppid = parent.pid if parent else KERNEL_PID
         parent_caps = self.caps.get(ppid) or Capabilities()
-        proc = self._new_process(ppid, name or _program_name(spec), spec, list(args or []), nice, caps or parent_caps)
+        caps = caps or parent_caps
+        if parent is not None:  # a child never gets more than its parent has left
+            caps = caps.with_quota(caps.quota.within(parent_caps.quota.left_for(parent)))
+        proc = self._new_process(ppid, name or _program_name(spec), spec, list(args or []), nice, caps)
+        if caps.quota.max_wall_time is not None:
+            proc.cancel_scope.deadline = trio.current_time() + caps.quota.max_wall_time
         assert self._nursery is not None, "kernel is not booted"
         self._nursery.start_soon(self._run, proc, entry, name=f"pid {proc.pid}")
         return proc
@@ -145,14 +158,20 @@ class Kernel:
             except trio.Cancelled:
                 raise
             except BaseException as exc:  # the agent's bug, never the kernel's
-                if isinstance(exc, SystemExit):
+                if proc.killed:
+                    pass  # killed from within a syscall (a quota): it dies of that, below
+                elif isinstance(exc, SystemExit):
                     self._exit(proc, exc.code if isinstance(exc.code, int) else EXIT_ERROR, "exited")
                 else:
                     self._exit(proc, EXIT_ERROR, "".join(traceback.format_exception(exc)).rstrip())
             else:
-                self._exit(proc, 0, "exited", result)
-        if proc.alive:  # our cancel scope absorbed a kill
-            self._exit(proc, _kill_code(proc), proc.kill_reason)
+                if not proc.killed:
+                    self._exit(proc, 0, "exited", result)
+        if proc.alive:  # our cancel scope absorbed a kill, or its wall-time deadline passed
+            if not proc.killed:
+                proc.killed = True
+                proc.kill_code, proc.kill_reason = EXIT_QUOTA, wall_time_reason(self.caps[proc.pid].quota.max_wall_time)
+            self._exit(proc, proc.kill_code, proc.kill_reason)
 
     def _exit(self, proc: Process, code: int, reason: str, result: Any = None) -> None:
         if not proc.alive:
@@ -166,6 +185,7 @@ class Kernel:
             child.ppid = KERNEL_PID  # orphans are adopted by the kernel
             if not child.alive:
                 self.procs.remove(child.pid)
+        self.mailboxes.close(proc.pid)
         proc.exited.set()
         self._exits.set()
         self._exits = trio.Event()
@@ -182,19 +202,36 @@ class Kernel:
     def end_session(self, proc: Process) -> None:
         self._exit(proc, 0, "exited")
 
-    def kill(self, proc: Process, terminate: bool = False) -> None:
+    def kill(self, proc: Process, terminate: bool = False, reason: str | None = None, code: int | None = None) -> None:
         """Cancel the process's task: its `finally` blocks run, its syscalls end, it exits
-        137 "killed" (or 143 "terminated")."""
-        if not proc.alive:
+        137 "killed" (or 143 "terminated", or `code` with `reason`, e.g. a quota's)."""
+        if not proc.alive or proc.killed:
             return
         proc.killed = True
-        proc.kill_reason = "terminated" if terminate else "killed"
+        proc.kill_reason = reason or ("terminated" if terminate else "killed")
+        proc.kill_code = code if code is not None else EXIT_TERMINATED if terminate else EXIT_KILLED
         self.cont(proc)  # a stopped process must run to die
         self.events.publish(Event(proc.pid, "signal", proc.kill_reason))
         if proc.session:
-            self._exit(proc, _kill_code(proc), proc.kill_reason)
+            self._exit(proc, proc.kill_code, proc.kill_reason)
         else:
             proc.cancel_scope.cancel()
+
+    def enforce_quota(self, proc: Process, pages: int | None = None) -> bool:
+        """Kill `proc` if it is over its quota; True if it may go on. Called by dispatch on every
+        syscall, by llm.chat on every token, and by the memory manager with the number of
+        context pages the process would hold (`pages`)."""
+        reason = self.caps[proc.pid].quota.exceeded(proc, pages)
+        if reason is not None:
+            self.kill(proc, reason=reason, code=EXIT_QUOTA)
+        return reason is None
+
+    async def start_service(self, async_fn: Callable[..., Any], *args: Any, name: str) -> Any:
+        """Run a kernel service task (an MCP server connection) in the kernel's nursery: it
+        outlives the syscall that started it and ends with the kernel. `async_fn` must accept
+        `task_status` and must not raise (an exception here would stop the kernel)."""
+        assert self._nursery is not None, "kernel is not booted"
+        return await self._nursery.start(async_fn, *args, name=name)
 
     def stop(self, proc: Process) -> None:
         """SIGSTOP: the process makes no progress (no syscall returns, no tokens) until `cont`.
@@ -227,10 +264,6 @@ class Kernel:
                     self.procs.remove(child.pid)
                     return child
             await self._exits.wait()
-
-
-def _kill_code(proc: Process) -> int:
-    return EXIT_TERMINATED if proc.kill_reason == "terminated" else EXIT_KILLED
 
 
 def _program_name(spec: str) -> str:

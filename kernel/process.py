@@ -52,6 +52,7 @@ class Process:
     result: Any = None  # the program's return value, handed to the parent by proc.wait
     killed: bool = False
     kill_reason: str = "killed"
+    kill_code: int = 137  # the exit code a kill gives: 137 killed, 143 terminated, 152 over quota
     session: bool = False  # stands for an external client (shell, daemon client): no task of its own
     stopped: bool = False  # by a stop signal: no syscall or LLM progress until continued
     continued: trio.Event = field(default_factory=trio.Event)

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_args(shell)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["sched", "memory"], help="which benchmark")
+    bench.add_argument("which", choices=["sched", "syscalls", "memory"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             from llmos.benchmarks import memory
 
             return memory.main(args.rest)
+        if args.which == "syscalls":
+            from llmos.benchmarks import syscalls
+
+            return syscalls.main(args.rest)
         from llmos.benchmarks import sched
 
         return sched.main(args.rest)

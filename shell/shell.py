@@ -6,6 +6,7 @@ exactly what an agent with full capabilities could, and nothing behind the kerne
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -47,6 +48,10 @@ class Shell:
             "nice": Command("nice PID VALUE", "set a process's nice value (-20..19)", self.nice),
             "logs": Command("logs [-f] PID", "show a process's log (-f: follow until it exits)", self.logs),
             "mem": Command("mem PID", "a process's memory: page table, faults, evictions", self.mem),
+            "tools": Command("tools [PATTERN...]", "the tools (syscalls) you may use, with their arguments", self.tools),
+            "mount": Command("mount PREFIX COMMAND [ARGS...]", "mount a stdio MCP server's tools as PREFIX.*", self.mount),
+            "umount": Command("umount PREFIX", "unmount an MCP server", self.umount),
+            "send": Command("send PID MESSAGE", "put a message (JSON, or plain text) in a process's mailbox", self.send),
             "help": Command("help", "this list", self.help),
             "quit": Command("quit", "leave the shell (also: exit, Ctrl-D)", self.quit),
         }
@@ -116,6 +121,40 @@ class Shell:
     async def mem(self, args: list[str]) -> None:
         (pid,) = _ints(args, 1)
         self.console.print(mem_table(await self.sys.mem.stat(pid)))
+
+    async def tools(self, args: list[str]) -> None:
+        from llmos.agents.tooluse import describe_tools
+
+        tools = await self.sys.tools.list(*args)
+        table = Table(box=None, header_style="bold", show_header=False)
+        for line, t in zip(describe_tools(tools).splitlines(), tools):
+            signature, _, description = line[2:].partition("): ")
+            table.add_row(f"[bold]{escape(signature)})[/]", escape(description))
+        self.console.print(table if tools else "no tools match")
+
+    async def mount(self, args: list[str]) -> None:
+        if len(args) < 2:
+            raise UsageError("mount needs a prefix and a command")
+        names = await self.sys.mcp.mount(args[0], args[1], *args[2:])
+        self.console.print(f"[green]mounted {escape(args[0])}:[/] {escape(' '.join(names))}")
+
+    async def umount(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise UsageError("umount needs a prefix")
+        await self.sys.mcp.unmount(args[0])
+        self.console.print(f"unmounted {escape(args[0])}")
+
+    async def send(self, args: list[str]) -> None:
+        if len(args) < 2:
+            raise UsageError("send needs a pid and a message")
+        (pid,) = _ints(args[:1], 1)
+        text = " ".join(args[1:])
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = text
+        await self.sys.ipc.send(pid, body)
+        self.console.print(f"sent to {pid}")
 
     async def help(self, args: list[str]) -> None:
         table = Table(show_header=False, box=None)

@@ -67,6 +67,8 @@ async def chat(call: Call, req: ChatRequest) -> ChatResponse:
         raise SyscallError(Errno.E2BIG, str(exc)) from None
     try:
         async for delta in kernel.engine.output(seq):
+            if not kernel.enforce_quota(proc):  # max_tokens: stop generating at once
+                raise SyscallError(Errno.EKILLED, f"process {proc.pid} has been killed: {proc.kill_reason}")
             kernel.events.publish(Event(proc.pid, "text", delta))
             if req.stream:
                 await call.send(ChatChunk(delta=delta))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from llmos.kernel import program
 from llmos.kernel.kernel import KERNEL_PID, ProcessExit, TableFull
 from llmos.kernel.process import Process, ProcState
+from llmos.kernel.quota import Quota
 from llmos.kernel.scheduler import NICE_MAX, NICE_MIN
 from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import Call, syscall
@@ -27,6 +28,16 @@ class Ok(BaseModel):
 # -- spawn --------------------------------------------------------------------------------
 
 
+class QuotaSpec(BaseModel):
+    """Resource limits for a child; each is capped by what the caller has left."""
+
+    model_config = {"extra": "forbid"}
+    max_tokens: int | None = Field(default=None, ge=0)
+    max_wall_time: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_syscalls: int | None = Field(default=None, ge=0)
+    max_memory_pages: int | None = Field(default=None, ge=0)
+
+
 class SpawnRequest(BaseModel):
     model_config = {"extra": "forbid"}
     program: str = Field(min_length=1, max_length=4096, description="file path, module[:function] or example name")
@@ -37,6 +48,7 @@ class SpawnRequest(BaseModel):
         default=None, max_length=256, description="syscall patterns the child may use (within the caller's)"
     )
     root: str | None = Field(default=None, max_length=4096, description="the child's fs root, inside the caller's")
+    quota: QuotaSpec | None = Field(default=None, description="the child's resource limits (within the caller's)")
 
 
 class SpawnResponse(BaseModel):
@@ -50,7 +62,8 @@ async def spawn(call: Call, req: SpawnRequest) -> SpawnResponse:
     nice = parent.nice if req.nice is None else req.nice
     _check_nice(parent, nice)
     try:
-        caps = call.kernel.caps[parent.pid].narrowed(req.allow, req.root)
+        quota = Quota(**req.quota.model_dump()) if req.quota is not None else None
+        caps = call.kernel.caps[parent.pid].narrowed(req.allow, req.root, quota)
     except ValueError as exc:
         raise SyscallError(Errno.EPERM, str(exc)) from None
     try:

@@ -1,13 +1,17 @@
 """The syscall table (xv6's syscall.c): name -> request model, response model, handler.
 
 `dispatch` is the one door into the kernel. Every call, local or remote, passes here: it is
-looked up, its arguments validated by pydantic, checked against the caller's capabilities,
-counted, and run. Whatever goes wrong comes back as a SyscallError with an errno; nothing a
-caller sends can raise anything else out of dispatch.
+counted against the caller's quota, looked up (the built-in table, then the syscalls mounted
+on this kernel at run time, such as MCP tools), its arguments validated by pydantic, checked
+against the caller's capabilities, run, and written to the audit log with its outcome and
+duration. Whatever goes wrong comes back as a SyscallError with an errno; nothing a caller
+sends can raise anything else out of dispatch.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -45,6 +49,10 @@ class Syscall:
     handler: Handler
     chunk: type[BaseModel] | None  # streaming syscalls send these before the response
     doc: str
+    schema: dict[str, Any] | None = None  # arguments' JSON schema when not the request model's (MCP tools)
+
+    def arguments_schema(self) -> dict[str, Any]:
+        return self.schema if self.schema is not None else _schema(self.request)
 
 
 TABLE: dict[str, Syscall] = {}
@@ -63,40 +71,78 @@ def syscall(name: str, request: type[BaseModel], response: type[BaseModel], chun
     return register
 
 
-def validate(name: str, args: Any) -> tuple[Syscall, BaseModel]:
-    entry = TABLE.get(name) if isinstance(name, str) else None
+TOO_LONG = {"string_too_long", "too_long", "bytes_too_long"}  # pydantic error types that mean "oversized"
+
+
+def lookup(kernel: Kernel, name: Any) -> Syscall:
+    entry = (TABLE.get(name) or kernel.mounted.get(name)) if isinstance(name, str) else None
     if entry is None:
-        raise SyscallError(Errno.ENOSYS, f"no such syscall: {name!r}")
+        raise SyscallError(Errno.ENOSYS, f"no such syscall: {name!r}"[:300])
+    return entry
+
+
+def validate(entry: Syscall, args: Any) -> BaseModel:
+    name = entry.name
     if isinstance(args, entry.request):
-        return entry, args
+        return args
     if args is None:
         args = {}
     if not isinstance(args, dict):
         raise SyscallError(Errno.EINVAL, f"{name}: arguments must be an object, got {type(args).__name__}")
     try:
-        return entry, entry.request.model_validate(args)
+        return entry.request.model_validate(args)
     except ValidationError as exc:
-        raise SyscallError(Errno.EINVAL, f"{name}: {_describe(exc)}", _details(exc)) from None
+        errors = exc.errors()
+        errno = Errno.E2BIG if any(e["type"] in TOO_LONG for e in errors) else Errno.EINVAL
+        raise SyscallError(errno, f"{name}: {_describe(exc)}", _details(exc)) from None
 
 
 async def dispatch(kernel: Kernel, pid: int, name: str, args: Any = None, emit: Emit | None = None) -> BaseModel:
+    started = time.perf_counter()
+    outcome = "ERROR"
+    try:
+        response = await _dispatch(kernel, pid, name, args, emit)
+        outcome = "OK"
+        return response
+    except SyscallError as exc:
+        outcome = exc.errno.value
+        raise
+    except trio.Cancelled:
+        outcome = "CANCELLED"
+        raise
+    except ProcessExit:
+        outcome = "EXIT"
+        raise
+    finally:
+        kernel.audit.record(pid, name, args, outcome, time.perf_counter() - started)
+
+
+async def _dispatch(kernel: Kernel, pid: int, name: Any, args: Any, emit: Emit | None) -> BaseModel:
     proc = kernel.procs.get(pid)
     if proc is None or not proc.alive:
         raise SyscallError(Errno.ESRCH, f"calling process {pid} does not exist")
     if proc.killed:
-        raise SyscallError(Errno.EKILLED, f"process {pid} has been killed")
-    entry, request = validate(name, args)
+        raise SyscallError(Errno.EKILLED, f"process {pid} has been killed: {proc.kill_reason}")
+    proc.syscalls += 1
+    if not kernel.enforce_quota(proc):
+        raise SyscallError(Errno.EKILLED, f"process {pid} has been killed: {proc.kill_reason}")
+    entry = lookup(kernel, name)
+    request = validate(entry, args)
     if not kernel.caps[pid].allows(entry.name):
         raise SyscallError(Errno.EPERM, f"{entry.name}: not permitted for process {pid} ({proc.name})")
     if proc.stopped:  # like a signal delivered at kernel entry: wait here until continued
         await proc.continued.wait()
-    proc.syscalls += 1
     try:
         return await entry.handler(Call(kernel, proc, emit), request)
     except (SyscallError, trio.Cancelled, ProcessExit):
         raise
     except Exception as exc:
         raise SyscallError(Errno.EIO, f"{entry.name} failed: {type(exc).__name__}: {exc}") from exc
+
+
+@functools.cache
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
 
 
 def _describe(exc: ValidationError) -> str:

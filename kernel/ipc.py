@@ -1,0 +1,93 @@
+"""Mailboxes: messages between processes (ipc.send / ipc.recv).
+
+Each process has a mailbox, a bounded FIFO. `take` removes the oldest message that matches a
+sender and a tag; a receiver that finds none parks on the mailbox's trio ParkingLot and is
+woken by the next send to it (or by any process's exit, since the sender it waits for may be
+the one gone). A waiting receiver costs nothing: nobody polls it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+MAILBOX_CAPACITY = 1024  # messages waiting per process; a sender beyond it gets EAGAIN
+MAILBOX_BYTES = 4 * 1024 * 1024  # and their bodies' size together, so floods cannot eat memory
+
+
+@dataclass
+class Message:
+    sender: int
+    to: int
+    body: Any
+    tag: str | None = None
+    size: int = 0  # bytes of the body as JSON
+    sent: float = field(default_factory=time.time)
+
+    def matches(self, sender: int | None, tag: str | None) -> bool:
+        return (sender is None or self.sender == sender) and (tag is None or self.tag == tag)
+
+
+class MailboxFull(Exception):
+    pass
+
+
+@dataclass
+class Mailbox:
+    messages: deque[Message] = field(default_factory=deque)
+    size: int = 0  # bytes waiting
+    waiters: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+
+
+class Mailboxes:
+    """pid -> Mailbox, created on first use, dropped when the process exits."""
+
+    def __init__(self, capacity: int = MAILBOX_CAPACITY, max_bytes: int = MAILBOX_BYTES) -> None:
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.boxes: dict[int, Mailbox] = {}
+
+    def box(self, pid: int) -> Mailbox:
+        box = self.boxes.get(pid)
+        if box is None:
+            box = self.boxes[pid] = Mailbox()
+        return box
+
+    def send(self, message: Message) -> None:
+        box = self.box(message.to)
+        if len(box.messages) >= self.capacity or box.size + message.size > self.max_bytes:
+            raise MailboxFull(
+                f"mailbox of process {message.to} is full ({len(box.messages)} messages, {box.size} bytes waiting)"
+            )
+        box.messages.append(message)
+        box.size += message.size
+        box.waiters.unpark_all()
+
+    def take(self, pid: int, sender: int | None = None, tag: str | None = None) -> Message | None:
+        box = self.box(pid)
+        for i, message in enumerate(box.messages):
+            if message.matches(sender, tag):
+                del box.messages[i]
+                box.size -= message.size
+                return message
+        return None
+
+    async def wait(self, pid: int) -> None:
+        """Sleep until something is sent to `pid` or some process exits; the caller looks again."""
+        await self.box(pid).waiters.park()
+
+    def pending(self, pid: int) -> int:
+        box = self.boxes.get(pid)
+        return len(box.messages) if box else 0
+
+    def close(self, pid: int) -> None:
+        """`pid` exited: its unread messages are dropped; receivers waiting on it look again."""
+        box = self.boxes.pop(pid, None)
+        if box is not None:
+            box.waiters.unpark_all()
+        for other in self.boxes.values():
+            other.waiters.unpark_all()
