@@ -42,6 +42,14 @@ def memory_errors() -> Iterator[None]:
         raise SyscallError(Errno.EBUSY, str(exc)) from None
 
 
+def enforce_page_quota(call: Call) -> None:
+    """The max_memory_pages quota (kernel/quota.py) counts the pages a process holds resident:
+    over it, the kernel kills the process."""
+    resident = len(call.kernel.memory.table(call.proc.pid).resident())
+    if not call.kernel.enforce_quota(call.proc, pages=resident):
+        raise SyscallError(Errno.EKILLED, f"process {call.proc.pid} was killed: {call.proc.kill_reason}")
+
+
 # -- mem.chat -----------------------------------------------------------------------------
 
 
@@ -73,6 +81,7 @@ async def chat(call: Call, req: MemChatRequest) -> MemChatResponse:
     try:
         with memory_errors():
             turn = await memory.begin_turn(proc.pid, [m.model_dump() for m in req.messages])
+        enforce_page_quota(call)
         proc.write_log("mem", f"turn: pages {turn.pages}, paged in {turn.faulted}, evicted {turn.evicted}")
         prompt = [Message.model_construct(**m) for m in turn.prompt]
         try:
@@ -85,6 +94,7 @@ async def chat(call: Call, req: MemChatRequest) -> MemChatResponse:
         if req.remember:
             with memory_errors():
                 reply = await memory.add_reply(proc.pid, response.content)
+            enforce_page_quota(call)
     finally:
         memory.chatting.discard(proc.pid)
     info = TurnInfo(
@@ -118,6 +128,7 @@ async def store(call: Call, req: StoreRequest) -> StoreResponse:
     """Add a message to the process's memory (pin=true: it never leaves the prompt)."""
     with memory_errors():
         pages, evicted = await call.kernel.memory.store(call.proc.pid, req.role, req.text, req.pin)
+    enforce_page_quota(call)
     return StoreResponse(pages=[p.number for p in pages], tokens=sum(p.tokens for p in pages), evicted=evicted)
 
 
@@ -145,6 +156,7 @@ async def recall(call: Call, req: RecallRequest) -> RecallResponse:
     """The k pages of the process's memory most relevant to a query, best first."""
     with memory_errors():
         hits = await call.kernel.memory.recall(call.proc.pid, req.query, req.k, req.page_in)
+    enforce_page_quota(call)
     return RecallResponse(
         hits=[RecallHit(page=h.page.number, role=h.page.role, text=h.text, score=round(h.score, 4), paged_in=h.paged_in) for h in hits]
     )
@@ -166,6 +178,7 @@ async def pin(call: Call, req: PagesRequest) -> PagesResponse:
     memory = call.kernel.memory
     with memory_errors():
         pages = await memory.pin(call.proc.pid, req.pages)
+    enforce_page_quota(call)
     return PagesResponse(pages=[p.number for p in pages], pinned_tokens=memory.table(call.proc.pid).pinned_tokens)
 
 
@@ -300,6 +313,7 @@ async def attach(call: Call, req: AttachRequest) -> AttachResponse:
             table = await call.kernel.memory.attach(call.proc.pid, req.name)
         except ValueError as exc:
             raise SyscallError(Errno.EINVAL, f"mem.attach: name: {exc}") from None
+    enforce_page_quota(call)
     return AttachResponse(memory=table.name, pages=len(table.pages), resident_pages=len(table.resident()))
 
 

@@ -389,6 +389,23 @@ def test_a_second_chat_while_one_runs_is_busy_and_stores_nothing(tiny_backend, t
     assert code is Errno.EBUSY and after.pages == before.pages == 1
 
 
+def test_max_memory_pages_quota_kills_the_hoarder(tiny_backend, tmp_path):
+    from llmos.kernel.capabilities import Capabilities
+    from llmos.kernel.quota import EXIT_QUOTA, Quota
+
+    async def body(kernel, sh):
+        box = local_handle(kernel, kernel.session("box", Capabilities(quota=Quota(max_memory_pages=3))))
+        for i in range(3):
+            await box.mem.store(FILLER[i])
+        code = await errno_of(box.mem.store(FILLER[3]))
+        proc = kernel.procs.lookup(box.pid)
+        return code, proc.exit_code, proc.exit_reason
+
+    code, exit_code, reason = run(tiny_backend, body, tmp_path)
+    assert code is Errno.EKILLED and exit_code == EXIT_QUOTA
+    assert reason == "quota exceeded: max_memory_pages 3 (wanted 4)"
+
+
 def test_kernel_that_never_uses_memory_pays_nothing(tiny_backend, tmp_path):
     async def main():
         async with kernel_with(tiny_backend) as kernel:
