@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from llmos.syscalls.errors import Errno, SyscallError  # noqa: F401  (re-exported for agents)
 from llmos.syscalls.llm import ChatChunk, ChatResponse
+from llmos.syscalls.mem import MemChatResponse, MemStat, RecallHit
 from llmos.syscalls.proc import PidResponse, ProcInfo, WaitResponse
 
 Emit = Callable[[BaseModel], Awaitable[None]]
@@ -52,6 +53,7 @@ class Sys:
         self.llm = LLM(self)
         self.proc = Proc(self)
         self.fs = FS(self)
+        self.mem = Mem(self)
         self.tools = Tools(self)
         self.kb = KB(self)
         self.ipc = IPC(self)
@@ -306,6 +308,83 @@ class MCP:
 
     async def list(self) -> list[Any]:
         return (await self._sys.call("mcp.list")).mounts  # type: ignore[attr-defined]
+
+
+class Mem:
+    """The process's paged memory. `chat` is `llm.chat` that remembers: send only the new
+    turn; the kernel keeps the conversation and pages back in what the turn needs."""
+
+    def __init__(self, sys: Sys) -> None:
+        self._sys = sys
+
+    async def chat(
+        self,
+        messages: str | list[dict[str, str]],
+        *,
+        system: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        on_text: TextCallback | None = None,
+        remember: bool = True,
+    ) -> MemChatResponse:
+        """`remember=False` asks without keeping the turn or the reply."""
+        args = dict(
+            messages=_messages(messages, system),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop or [],
+            stream=on_text is not None,
+            remember=remember,
+        )
+        response = await self._sys.call("mem.chat", _text_emit(on_text), **args)
+        assert isinstance(response, MemChatResponse)
+        return response
+
+    async def store(self, text: str, *, role: str = "user", pin: bool = False) -> list[int]:
+        """Remember a message; returns its page numbers."""
+        return (await self._sys.call("mem.store", text=text, role=role, pin=pin)).pages  # type: ignore[attr-defined]
+
+    async def recall(self, query: str, k: int = 4, page_in: bool = True) -> list[RecallHit]:
+        return (await self._sys.call("mem.recall", query=query, k=k, page_in=page_in)).hits  # type: ignore[attr-defined]
+
+    async def pin(self, *pages: int) -> None:
+        await self._sys.call("mem.pin", pages=list(pages))
+
+    async def unpin(self, *pages: int) -> None:
+        await self._sys.call("mem.unpin", pages=list(pages))
+
+    async def stat(self, pid: int | None = None, pages: bool = True) -> MemStat:
+        r = await self._sys.call("mem.stat", pid=pid, pages=pages)
+        assert isinstance(r, MemStat)
+        return r
+
+    async def attach(self, name: str) -> int:
+        """Use the named, persistent memory `name`; returns how many pages it already has."""
+        return (await self._sys.call("mem.attach", name=name)).pages  # type: ignore[attr-defined]
+
+    async def budget(self, tokens: int) -> None:
+        await self._sys.call("mem.budget", tokens=tokens)
+
+    async def sync(self) -> int:
+        return (await self._sys.call("mem.sync")).written  # type: ignore[attr-defined]
+
+
+def _text_emit(on_text: TextCallback | None) -> Emit | None:
+    if on_text is None:
+        return None
+
+    async def emit(chunk: BaseModel) -> None:
+        assert isinstance(chunk, ChatChunk)
+        out = on_text(chunk.delta)
+        if inspect.isawaitable(out):
+            await out
+
+    return emit
 
 
 def _messages(messages: str | list[dict[str, str]], system: str | None) -> list[dict[str, str]]:

@@ -20,10 +20,12 @@ from llmos.kernel import program
 from llmos.kernel.audit import AuditLog
 from llmos.kernel.backend import Backend
 from llmos.kernel.capabilities import Capabilities
+from llmos.kernel.embeddings import Embedder
 from llmos.kernel.engine import Engine
 from llmos.kernel.events import Event, EventBus
 from llmos.kernel.ipc import Mailboxes
 from llmos.kernel.kvcache import KVPool
+from llmos.kernel.memory import Memory
 from llmos.kernel.process import Process, ProcessTable, ProcState
 from llmos.kernel.quota import EXIT_QUOTA, wall_time_reason
 from llmos.kernel.remote_engine import RemoteModel, is_remote
@@ -36,6 +38,7 @@ KERNEL_PID = 0
 EXIT_ERROR = 1
 EXIT_KILLED = 137  # 128 + SIGKILL, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+MEMORY_CLOSE_SECONDS = 10.0  # at shutdown, for writing out named memories
 
 HandleFactory = Callable[["Kernel", Process], Any]
 
@@ -68,6 +71,8 @@ class Kernel:
             self.engine = Engine(backend, self.scheduler, pool, config.prefix_sharing)
         self.procs = ProcessTable(config.max_processes)
         self.events = EventBus()
+        self.embedder = Embedder()  # loaded on first use (memory, knowledge base)
+        self.memory = Memory(backend.encode, backend.decode, self.embedder)  # opens its store on first use
         self.handle_factory = handle_factory
         self.caps: dict[int, Capabilities] = {}
         self.audit = AuditLog()  # every syscall, one JSON line
@@ -104,6 +109,8 @@ class Kernel:
             try:
                 yield kernel
             finally:
+                with trio.CancelScope(deadline=trio.current_time() + MEMORY_CLOSE_SECONDS, shield=True):
+                    await kernel.memory.close()
                 nursery.cancel_scope.cancel()
 
     # -- processes -----------------------------------------------------------------------
@@ -183,6 +190,7 @@ class Kernel:
         proc.state, proc.wchan = ProcState.ZOMBIE, ""
         proc.ended = time.time()
         proc.kv = None  # frees its KV cache
+        self._release_memory(proc)
         for child in self.procs.children(proc.pid):
             child.ppid = KERNEL_PID  # orphans are adopted by the kernel
             if not child.alive:
@@ -203,6 +211,11 @@ class Kernel:
         """Make the process table durable now, when a journal keeps it (kernel/persist.py)."""
         if self.journal is not None:
             self.journal.commit(self)
+
+    def _release_memory(self, proc: Process) -> None:
+        cleanup = self.memory.release(proc.pid)  # store work (deleting, writing out) runs apart
+        if cleanup is not None and self._nursery is not None:
+            self._nursery.start_soon(cleanup, name=f"memory cleanup of pid {proc.pid}")
 
     def end_session(self, proc: Process) -> None:
         self._exit(proc, 0, "exited")

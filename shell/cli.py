@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_args(daemon)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["sched", "syscalls"], help="which benchmark")
+    bench.add_argument("which", choices=["sched", "syscalls", "memory"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return trio.run(run_shell, config_from(args), args.socket, args.local)
     if args.command == "bench":
+        if args.which == "memory":
+            from llmos.benchmarks import memory
+
+            return memory.main(args.rest)
         if args.which == "syscalls":
             from llmos.benchmarks import syscalls
 

@@ -28,6 +28,7 @@ from llmos.config import KernelConfig, data_dir
 from llmos.runtime import boot, session
 from llmos.shell.run import render_event
 from llmos.syscalls.errors import Errno, SyscallError
+from llmos.syscalls.mem import MemStat
 from llmos.syscalls.proc import ProcInfo
 
 if _sys.version_info < (3, 11):
@@ -85,7 +86,7 @@ class Shell:
             "nice": Command("nice PID VALUE", "set a process's nice value (-20..19)", self.nice),
             "logs": Command("logs [-f] PID", "show a process's log (-f: follow until it exits)", self.logs),
             "attach": Command("attach PID", "follow a process; lines you type go to its mailbox (Ctrl-D leaves)", self.attach),
-            "mem": Command("mem PID", "a process's memory pages (when the kernel has mem.* syscalls)", self.mem),
+            "mem": Command("mem PID", "a process's memory: page table, faults, evictions", self.mem),
             "history": Command("history", "commands typed before", self.history),
             "tools": Command("tools [PATTERN...]", "the tools (syscalls) you may use, with their arguments", self.tools),
             "mount": Command("mount PREFIX COMMAND [ARGS...]", "mount a stdio MCP server's tools as PREFIX.*", self.mount),
@@ -217,17 +218,7 @@ class Shell:
 
     async def mem(self, args: list[str]) -> None:
         (pid,) = _ints(args, 1)
-        try:
-            stat = await self.sys.call("mem.stat", pid=pid)
-        except SyscallError as exc:
-            if exc.errno is not Errno.ENOSYS:
-                raise
-            self.console.print("[yellow]this kernel has no memory paging (no mem.* syscalls): nothing to show[/]")
-            return
-        table = Table(box=None, show_header=False)
-        for key, value in stat.model_dump().items():
-            table.add_row(f"[bold]{escape(key)}[/]", escape(str(value)))
-        self.console.print(table)
+        self.console.print(mem_table(await self.sys.mem.stat(pid)))
 
     async def history(self, args: list[str]) -> None:
         past = _readline_history() or (self.lines.history if self.lines else [])
@@ -393,6 +384,27 @@ def _readline_history() -> list[str]:
     except ImportError:
         return []
     return [readline.get_history_item(i) for i in range(1, readline.get_current_history_length() + 1)]
+
+
+def mem_table(st: MemStat) -> Table | str:
+    if not st.memory:
+        return f"pid {st.pid} has no memory pages"
+    kind = "named" if st.named else "anonymous"
+    table = Table(box=None, header_style="bold", title_justify="left", title=(
+        f"pid {st.pid}: memory {escape(st.memory)} ({kind}, {st.policy}) — {st.resident_tokens}/{st.budget} tokens "
+        f"resident; {st.pages} pages: {st.resident_pages} resident, {st.evicted_pages} evicted, "
+        f"{st.pinned_pages} pinned; {st.faults} faults, {st.page_ins} page ins, {st.page_outs} page outs"
+    ))
+    for col in ("PAGE", "POS", "MSG", "ROLE", "TOKENS", "STATE", "FLAGS", "REFS", "LAST", "TEXT"):
+        table.add_column(col, justify="right" if col in ("PAGE", "POS", "MSG", "TOKENS", "REFS", "LAST") else "left")
+    for e in st.entries:
+        state = "[green]resident[/]" if e.state == "resident" else "[dim]evicted[/]"
+        flags = " ".join(f for f, on in (("pinned", e.pinned), ("recalled", e.recalled)) if on)
+        table.add_row(
+            str(e.page), str(e.position), str(e.message), e.role, str(e.tokens), state, flags,
+            str(e.accesses), str(e.last_access), escape(e.preview),
+        )
+    return table
 
 
 def _ints(args: list[str], n: int) -> list[int]:

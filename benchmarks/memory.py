@@ -1,0 +1,370 @@
+"""`llmos bench memory`: long-horizon fact recall, paged memory against a sliding window.
+
+The benchmark writes its own workload: a few hundred people, one fact each ("Maria Okafor
+plays the cello."), each told to the agent in its own turn among filler sentences; then
+questions about the early facts. Both contenders get the same resident budget (a share of the
+history's tokens, 10% by default) and the same real model:
+
+  paged memory    the turns go into the process's memory (mem.store); each question is a
+                  mem.chat, whose page fault brings evicted pages back by relevance
+  sliding window  the most recent messages that fit the budget, asked through llm.chat
+
+Questions are asked without keeping them (mem.chat remember=false, and the window does not
+grow), so each is judged on what the agent was told; --keep-answers keeps them, as a plain
+conversation would (a small model then tends to copy its own earlier wrong answers).
+
+Per contender: residency_recall (the page holding the answer is in the prompt when the question
+is asked), answer_accuracy (the reply contains the answer; the small default model is weak at
+this, and it is reported as it is), page-out and page-in p99 per page, faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from llmos.config import KernelConfig
+from llmos.kernel.memory import Memory, MemoryConfig, p99, percentile
+from llmos.kernel.pagetable import cut
+
+SYSTEM = (
+    "You are an assistant with a long memory. Earlier parts of the conversation may appear as "
+    "recalled memory. Answer each question in a few words, using what you were told."
+)
+FIRST = (
+    "Maria Omar Chen Liam Aisha Noah Elena Kofi Yuki Lucas Priya Mateo Zara Ivan Leila Tomas Ines Ravi "
+    "Sofia Hugo Amara Felix Nadia Oscar Mei Diego Hana Viktor Lena Samir"
+).split()
+LAST = (
+    "Okafor Lindqvist Moreau Tanaka Kowalski Haddad Silva Novak Brennan Ferreira Castillo Nakamura Petrov "
+    "Adeyemi Jensen Rossi Varga Osei Dubois Ahmed Keller Romero Sato Walsh Horvat Bianchi Mensah Larsen Costa Ibrahim"
+).split()
+ATTRIBUTES = [  # statement, question, values
+    ("{n} lives in {v}.", "In which city does {n} live?", "Lisbon Oslo Nairobi Lima Hanoi Quito Tunis Perth Riga Dakar Porto Kyoto"),
+    ("{n} works as a {v}.", "What is {n}'s job?", "baker pilot nurse plumber chemist tailor florist surgeon librarian carpenter"),
+    ("{n} has a pet {v}.", "What pet does {n} have?", "parrot ferret tortoise hamster iguana rabbit goldfish beagle"),
+    ("{n}'s favorite color is {v}.", "What is {n}'s favorite color?", "teal crimson amber violet indigo olive maroon coral"),
+    ("{n} plays the {v}.", "Which instrument does {n} play?", "cello banjo oboe harp trumpet violin flute accordion"),
+    ("{n} drives a {v}.", "What vehicle does {n} drive?", "tractor scooter minivan pickup convertible motorbike"),
+    ("{n}'s favorite fruit is the {v}.", "What is {n}'s favorite fruit?", "mango papaya apricot lychee plum fig kiwi"),
+    ("{n} speaks {v} at home.", "Which language does {n} speak at home?", "Finnish Swahili Tagalog Welsh Basque Hungarian Icelandic"),
+]
+THINGS = (
+    "The town hall|The river ferry|The night market|The stadium|The post office|The tram line|The harbour"
+    "|The school choir|The city council|The weather service|The public pool|The railway museum"
+).split("|")
+EVENTS = (
+    "announced new opening hours|was busier than usual|reported a short delay|held a public meeting"
+    "|changed its timetable|asked for volunteers|published a notice|closed for repairs"
+).split("|")
+WHEN = "on Monday|last weekend|this morning|in the early evening|during the holidays|after the storm".split("|")
+
+
+@dataclass
+class Fact:
+    statement: str
+    question: str
+    answer: str
+    turn: int  # index of the turn that tells it
+
+
+@dataclass
+class Workload:
+    turns: list[str]
+    facts: list[Fact]
+    asked: list[int]  # indices into facts, in asking order
+
+
+def make_workload(n_facts: int, filler: int, n_questions: int, seed: int) -> Workload:
+    """One fact per turn, hidden among `filler` filler sentences; questions about the facts
+    of the first half of the conversation."""
+    rng = random.Random(seed)
+    names = rng.sample([f"{a} {b}" for a in FIRST for b in LAST], n_facts)
+    turns: list[str] = []
+    facts: list[Fact] = []
+    for name in names:
+        statement, question, values = rng.choice(ATTRIBUTES)
+        value = rng.choice(values.split())
+        sentences = [f"{rng.choice(THINGS)} {rng.choice(EVENTS)} {rng.choice(WHEN)}." for _ in range(filler)]
+        fact = statement.format(n=name, v=value)
+        sentences.insert(rng.randrange(filler + 1), fact)
+        facts.append(Fact(fact, question.format(n=name), value, len(turns)))
+        turns.append(" ".join(sentences))
+    early = list(range(max(1, n_facts // 2)))
+    asked = rng.sample(early, min(n_questions, len(early)))
+    return Workload(turns, facts, asked)
+
+
+@dataclass
+class Result:
+    residency_recall: float = 0.0
+    answer_accuracy: float = 0.0
+    page_out_p99_ms: float = 0.0
+    page_in_p99_ms: float = 0.0
+    page_out_p50_ms: float = 0.0
+    page_in_p50_ms: float = 0.0
+    faults: int = 0
+    page_outs: int = 0
+    page_ins: int = 0
+    embed_p99_ms: float = 0.0
+    prompt_tokens_mean: float = 0.0
+    cached_tokens_mean: float = 0.0
+    feed_seconds: float = 0.0
+    question_seconds: float = 0.0
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def question_text(fact: Fact) -> str:
+    return fact.question  # how to answer is said once, in the pinned system prompt
+
+
+async def run_paged(kernel: Any, wl: Workload, budget: int, max_tokens: int, keep: bool, progress: Any) -> Result:
+    from llmos.runtime import session
+
+    sh = session(kernel, "bench-memory")
+    await sh.mem.budget(budget)
+    await sh.mem.store(SYSTEM, role="system", pin=True)
+    answer_page: dict[int, int] = {}  # turn -> page holding its fact
+    started = time.perf_counter()
+    for i, turn in enumerate(wl.turns):
+        pages = await sh.mem.store(turn)
+        answer_page[i] = pages[_piece_with(kernel, turn, wl.facts[i].statement)]
+        progress(f"paged memory: told {i + 1}/{len(wl.turns)} turns")
+    result = Result(feed_seconds=time.perf_counter() - started)
+    started = time.perf_counter()
+    for n, index in enumerate(wl.asked):
+        fact = wl.facts[index]
+        reply = await sh.mem.chat(question_text(fact), max_tokens=max_tokens, remember=keep)
+        resident = answer_page[fact.turn] in reply.memory.prompt_pages
+        result.answers.append(_answer(fact, reply.content, resident, reply.usage, faulted=len(reply.memory.faulted)))
+        progress(f"paged memory: asked {n + 1}/{len(wl.asked)} questions")
+    result.question_seconds = time.perf_counter() - started
+    st = await sh.mem.stat(pages=False)
+    latency = kernel.memory.latency
+    result.page_out_p99_ms = round(p99(latency.page_out), 3)
+    result.page_in_p99_ms = round(p99(latency.page_in), 3)
+    result.page_out_p50_ms = round(percentile(latency.page_out, 0.5), 3)
+    result.page_in_p50_ms = round(percentile(latency.page_in, 0.5), 3)
+    result.embed_p99_ms = round(p99(latency.embed), 3)
+    result.faults, result.page_outs, result.page_ins = st.faults, st.page_outs, st.page_ins
+    return _score(result)
+
+
+def _piece_with(kernel: Any, turn: str, statement: str) -> int:
+    """Which page of the turn holds the fact: the turn is cut as the kernel cuts it."""
+    pieces = cut(turn, kernel.memory.config.page_tokens, kernel.backend.encode, kernel.backend.decode)
+    text = ""
+    for i, (piece, _) in enumerate(pieces):
+        text += piece
+        if statement in text:
+            return i
+    return len(pieces) - 1
+
+
+async def run_window(kernel: Any, wl: Workload, budget: int, max_tokens: int, keep: bool, progress: Any) -> Result:
+    """The baseline: keep only the most recent messages that fit the same budget."""
+    from llmos.runtime import session
+
+    sh = session(kernel, "bench-window")
+    encode = kernel.backend.encode
+    history: list[tuple[dict[str, str], int, int | None]] = [  # message, tokens, turn
+        ({"role": "user", "content": t}, len(encode(t)), i) for i, t in enumerate(wl.turns)
+    ]
+    system = {"role": "system", "content": SYSTEM}
+    result = Result()
+    started = time.perf_counter()
+    for n, index in enumerate(wl.asked):
+        fact = wl.facts[index]
+        question = {"role": "user", "content": question_text(fact)}
+        room = budget - len(encode(SYSTEM)) - len(encode(question["content"]))
+        window: list[tuple[dict[str, str], int, int | None]] = []
+        for entry in reversed(history):
+            if entry[1] > room:
+                break
+            window.insert(0, entry)
+            room -= entry[1]
+        reply = await sh.llm.chat([system, *(m for m, _, _ in window), question], max_tokens=max_tokens)
+        resident = any(turn == fact.turn for _, _, turn in window)
+        result.answers.append(_answer(fact, reply.content, resident, reply.usage, faulted=0))
+        if keep:
+            history.append((question, len(encode(question["content"])), None))
+            history.append(({"role": "assistant", "content": reply.content}, len(encode(reply.content)), None))
+        progress(f"sliding window: asked {n + 1}/{len(wl.asked)} questions")
+    result.question_seconds = time.perf_counter() - started
+    return _score(result)
+
+
+def _answer(fact: Fact, reply: str, resident: bool, usage: Any, faulted: int) -> dict[str, Any]:
+    return {
+        "question": fact.question,
+        "answer": fact.answer,
+        "reply": reply,
+        "correct": fact.answer.lower() in reply.lower(),
+        "resident": resident,
+        "faulted": faulted,
+        "prompt_tokens": usage.prompt_tokens,
+        "cached_tokens": usage.cached_tokens,
+    }
+
+
+def _score(result: Result) -> Result:
+    answers = result.answers
+    if answers:
+        result.residency_recall = round(sum(a["resident"] for a in answers) / len(answers), 4)
+        result.answer_accuracy = round(sum(a["correct"] for a in answers) / len(answers), 4)
+        result.prompt_tokens_mean = round(sum(a["prompt_tokens"] for a in answers) / len(answers), 1)
+        result.cached_tokens_mean = round(sum(a["cached_tokens"] for a in answers) / len(answers), 1)
+    result.feed_seconds = round(result.feed_seconds, 2)
+    result.question_seconds = round(result.question_seconds, 2)
+    return result
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmos bench memory", description=__doc__.split("\n\n")[0])
+    p.add_argument("--facts", type=int, default=200, help="distinct facts told, one per turn (default 200)")
+    p.add_argument("--filler", type=int, default=3, help="filler sentences around each fact (default 3)")
+    p.add_argument("--questions", type=int, default=25, help="questions about early facts (default 25)")
+    p.add_argument("--budget-share", type=float, default=0.10, help="resident budget / history tokens (default 0.10)")
+    p.add_argument("--page-tokens", type=int, default=128, help="page size in tokens (default 128)")
+    p.add_argument("--policy", choices=["lru", "lru-k", "clock"], default="clock", help="replacement policy")
+    p.add_argument("--fault-pages", type=int, default=MemoryConfig.fault_pages, help="pages paged in per turn at most")
+    p.add_argument("--max-tokens", type=int, default=24, help="tokens per answer (default 24)")
+    p.add_argument(
+        "--keep-answers", action="store_true",
+        help="keep each question and answer in the conversation (default: ask with remember=false, so a "
+        "wrong answer cannot become a 'fact' that later answers copy)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="model (default: the kernel's default, smollm2)")
+    p.add_argument("--chroma-url", default=None, help="a chroma server; default: an embedded store in a temp folder")
+    p.add_argument("--no-baseline", action="store_true", help="skip the sliding-window baseline")
+    p.add_argument("--json", metavar="PATH", help="write the figures (and every answer) as JSON")
+    return p
+
+
+async def bench(args: argparse.Namespace, console: Console, backend: Any = None) -> dict[str, Any]:
+    """Run both contenders; `backend` reuses an already loaded model (tests)."""
+    from llmos.runtime import boot
+
+    wl = make_workload(args.facts, args.filler, args.questions, args.seed)
+    config = KernelConfig()
+    if args.model:
+        config.model = args.model
+    with tempfile.TemporaryDirectory(prefix="llmos-bench-memory-") as tmp, console.status("loading the model…") as status:
+        async with boot(config, backend) as kernel:
+            history_tokens = sum(len(kernel.backend.encode(t)) for t in wl.turns)
+            budget = max(args.page_tokens, int(args.budget_share * history_tokens))
+            kernel.memory = Memory(
+                kernel.backend.encode,
+                kernel.backend.decode,
+                kernel.embedder,
+                MemoryConfig(
+                    page_tokens=args.page_tokens,
+                    budget=budget,
+                    policy=args.policy,
+                    fault_pages=args.fault_pages,
+                    chroma_url=args.chroma_url,
+                    chroma_path=Path(tmp) / "chroma",
+                ),
+            )
+            status.update("loading the embedding model and opening the store…")
+            await trio.to_thread.run_sync(kernel.embedder.embed, ["warm up"])  # one-time costs are not paging
+            await kernel.memory._open_store()
+            keep = args.keep_answers
+            paged = await run_paged(kernel, wl, budget, args.max_tokens, keep, status.update)
+            window = None if args.no_baseline else await run_window(kernel, wl, budget, args.max_tokens, keep, status.update)
+            model = kernel.backend.name
+    return {
+        "config": {
+            "model": model,
+            "facts": args.facts,
+            "questions": len(wl.asked),
+            "filler_per_turn": args.filler,
+            "page_tokens": args.page_tokens,
+            "policy": args.policy,
+            "fault_pages": args.fault_pages,
+            "keep_answers": args.keep_answers,
+            "history_tokens": history_tokens,
+            "budget_tokens": budget,
+            "budget_share": round(budget / history_tokens, 4),
+            "store": args.chroma_url or "embedded",
+            "seed": args.seed,
+        },
+        "paged": asdict(paged),
+        "window": asdict(window) if window is not None else None,
+    }
+
+
+ROWS = [
+    ("residency_recall", "residency recall", "{:.3f}"),
+    ("answer_accuracy", "answer accuracy", "{:.3f}"),
+    ("page_out_p99_ms", "page out p99 (ms/page)", "{:.2f}"),
+    ("page_in_p99_ms", "page in p99 (ms/page)", "{:.2f}"),
+    ("page_out_p50_ms", "page out p50 (ms/page)", "{:.2f}"),
+    ("page_in_p50_ms", "page in p50 (ms/page)", "{:.2f}"),
+    ("faults", "faults", "{}"),
+    ("page_outs", "page outs", "{}"),
+    ("page_ins", "page ins", "{}"),
+    ("embed_p99_ms", "embedding p99 (ms/page, at store)", "{:.2f}"),
+    ("prompt_tokens_mean", "prompt tokens (mean)", "{:.0f}"),
+    ("cached_tokens_mean", "KV-reused tokens (mean)", "{:.0f}"),
+    ("feed_seconds", "telling the facts (s)", "{:.1f}"),
+    ("question_seconds", "asking the questions (s)", "{:.1f}"),
+]
+
+
+NOT_PAGED = ("page_out_p99_ms", "page_in_p99_ms", "page_out_p50_ms", "page_in_p50_ms", "embed_p99_ms", "feed_seconds")
+
+
+def render(report: dict[str, Any]) -> Table:
+    c = report["config"]
+    table = Table(
+        title=(
+            f"memory: {c['facts']} facts, {c['questions']} questions, {c['history_tokens']} history tokens, "
+            f"budget {c['budget_tokens']} ({c['budget_share']:.0%}), {c['page_tokens']}-token pages, "
+            f"{c['policy']}, {c['model']}"
+        ),
+        header_style="bold",
+    )
+    table.add_column("figure")
+    table.add_column("paged memory", justify="right")
+    table.add_column("sliding window", justify="right")
+    for key, label, fmt in ROWS:
+        paged = fmt.format(report["paged"][key])
+        window = report["window"]
+        base = "-" if window is None or key in NOT_PAGED else fmt.format(window[key])
+        table.add_row(label, paged, base)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.facts < 2 or args.questions < 1:
+        print("need at least 2 facts and 1 question", file=sys.stderr)
+        return 2
+    console = Console()
+    report = trio.run(bench, args, console)
+    console.print(render(report))
+    paged = report["paged"]
+    met = paged["residency_recall"] >= 0.95 and paged["page_out_p99_ms"] + paged["page_in_p99_ms"] <= 20
+    console.print(
+        f"targets (residency recall ≥ 0.95, page out + in p99 ≤ 20 ms/page): {'met' if met else 'not met'}"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {args.json}")
+    return 0

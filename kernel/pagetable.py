@@ -1,0 +1,253 @@
+"""Pages, the page table of one memory, and the replacement policies that choose victims.
+
+A memory is everything a process has said and heard, in order, cut into pages of at most
+`page_tokens` tokens. A page never spans two messages, so a page put back into a prompt is
+still part of one well-formed chat message. A page is resident (its text goes into the
+prompt) or evicted (its text lives only in the vector store, see swap.py). Pinned pages never
+leave.
+
+Replacement policies see references, as a CPU's reference bits do. A page is referenced when
+it is created, paged in, recalled, or relevant to the current turn; being in the prompt is not
+a reference, since every resident page is in every prompt and LRU would decay to FIFO.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+LRU_K = 2  # LRU-K looks at the K-th most recent reference (O'Neil et al.: K=2 does most of the good)
+_WORDS = re.compile(r"\s*\S+|\s+")  # words with the whitespace before them, as BPE tokenizers see them
+
+
+def cut(text: str, page_tokens: int, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]) -> list[tuple[str, int]]:
+    """Cut one message into pages of at most `page_tokens` tokens: (text, tokens) each.
+    Cuts fall between words, so the pages concatenate back to the message exactly; only a
+    single word longer than a page is cut inside."""
+    if not text:
+        return []
+    total = len(encode(text))
+    if total <= page_tokens:
+        return [(text, total)]
+    pages: list[tuple[str, int]] = []
+    current, count = "", 0
+    for word in _WORDS.findall(text):
+        n = len(encode(word))
+        if count + n > page_tokens and current:
+            pages.append((current, len(encode(current))))
+            current, count = "", 0
+        if n > page_tokens:
+            pages.extend(_cut_word(word, page_tokens, encode, decode))
+            continue
+        current += word
+        count += n
+    if current:
+        pages.append((current, len(encode(current))))
+    return _fit(pages, page_tokens, encode, decode)
+
+
+def _cut_word(word: str, page_tokens: int, encode, decode) -> list[tuple[str, int]]:
+    ids = encode(word)
+    pieces = []
+    while ids:
+        end = min(page_tokens, len(ids))
+        # never split a multi-byte character between pages
+        while end > 1 and end < len(ids) and decode(ids[:end]).endswith("\ufffd"):
+            end -= 1
+        pieces.append((decode(ids[:end]), end))
+        ids = ids[end:]
+    return pieces
+
+
+def _fit(pages: list[tuple[str, int]], page_tokens: int, encode, decode) -> list[tuple[str, int]]:
+    """Words counted one by one can merge into fewer tokens, rarely more: cut any page that
+    came out over the limit."""
+    out: list[tuple[str, int]] = []
+    for text, n in pages:
+        out.extend(_cut_word(text, page_tokens, encode, decode) if n > page_tokens else [(text, n)])
+    return out
+
+
+@dataclass(eq=False)  # a page is itself: compared by identity
+class Page:
+    memory: str  # name of the memory it belongs to
+    number: int  # identity inside its memory, in creation order
+    position: int  # token offset of its first token in the memory's whole history
+    message: int  # index of the message it is part of
+    role: str
+    tokens: int
+    text: str | None  # None while evicted: the text lives in the vector store only
+    vector: list[float] | None  # its embedding; None while evicted
+    pinned: bool = False
+    resident: bool = True
+    recalled: bool = False  # paged back in: the prompt marks it as recalled memory
+    stored: bool = False  # the store holds an up-to-date copy, so evicting it writes nothing
+    created: float = field(default_factory=time.time)
+    last_access: int = 0  # logical time of its latest reference
+    accesses: int = 0
+    history: deque[int] = field(default_factory=lambda: deque(maxlen=LRU_K))
+    referenced: bool = False  # CLOCK's reference bit
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.memory, self.number)
+
+    def touch(self, now: int) -> None:
+        self.last_access = now
+        self.accesses += 1
+        self.history.append(now)
+        self.referenced = True
+
+
+class PageTable:
+    """The pages of one memory in creation order (which is also their order in the history)."""
+
+    def __init__(self, name: str, budget: int, named: bool) -> None:
+        self.name = name
+        self.budget = budget  # resident tokens this memory may hold
+        self.named = named  # named memories persist; anonymous ones die with their process
+        self.pages: dict[int, Page] = {}
+        self.next_number = 0
+        self.next_message = 0
+        self.next_position = 0
+        self.faults = 0  # pages paged back in because a turn needed them
+        self.page_ins = 0  # all pages brought back in (faults, recall, pin)
+        self.page_outs = 0  # pages evicted
+
+    def add(self, role: str, texts: list[str], counts: list[int], vectors: list[list[float]], pinned: bool) -> list[Page]:
+        """One message, already cut into pages, appended at the end of the history."""
+        message = self.next_message
+        self.next_message += 1
+        added = []
+        for text, tokens, vector in zip(texts, counts, vectors):
+            page = Page(self.name, self.next_number, self.next_position, message, role, tokens, text, vector, pinned)
+            self.pages[page.number] = page
+            self.next_number += 1
+            self.next_position += tokens
+            added.append(page)
+        return added
+
+    def remove(self, pages: list[Page]) -> None:
+        """Forget pages that were never acknowledged (their store failed)."""
+        for page in pages:
+            self.pages.pop(page.number, None)
+        self.next_number = max(self.pages, default=-1) + 1
+        self.next_message = max((p.message for p in self.pages.values()), default=-1) + 1
+        self.next_position = max((p.position + p.tokens for p in self.pages.values()), default=0)
+
+    def restore(self, page: Page) -> None:
+        """Re-enter a page found in the store (a memory attached after a restart)."""
+        self.pages[page.number] = page
+        self.next_number = max(self.next_number, page.number + 1)
+        self.next_message = max(self.next_message, page.message + 1)
+        self.next_position = max(self.next_position, page.position + page.tokens)
+
+    def resident(self) -> list[Page]:
+        return [p for p in self.pages.values() if p.resident]
+
+    def evicted(self) -> list[Page]:
+        return [p for p in self.pages.values() if not p.resident]
+
+    @property
+    def resident_tokens(self) -> int:
+        return sum(p.tokens for p in self.pages.values() if p.resident)
+
+    @property
+    def pinned_tokens(self) -> int:
+        return sum(p.tokens for p in self.pages.values() if p.pinned)
+
+    def in_prompt_order(self) -> list[Page]:
+        """Pinned pages first, then the other resident pages, each group in history order."""
+        resident = self.resident()
+        return [p for p in resident if p.pinned] + [p for p in resident if not p.pinned]
+
+
+# -- replacement policies ------------------------------------------------------------------
+
+
+class Policy(Protocol):
+    name: str
+
+    def victims(self, candidates: list[Page], need: int) -> list[Page]:
+        """Pages to evict from `candidates` (resident, unpinned) to free at least `need`
+        tokens, or all of them if they hold fewer."""
+        ...
+
+
+def _take(ordered: list[Page], need: int) -> list[Page]:
+    chosen, freed = [], 0
+    for page in ordered:
+        if freed >= need:
+            break
+        chosen.append(page)
+        freed += page.tokens
+    return chosen
+
+
+class LRU:
+    """Least recently referenced first."""
+
+    name = "lru"
+
+    def victims(self, candidates: list[Page], need: int) -> list[Page]:
+        return _take(sorted(candidates, key=lambda p: (p.last_access, p.key)), need)
+
+
+class LRUK:
+    """LRU-K (K=2): the page whose K-th most recent reference is oldest goes first; a page
+    referenced fewer than K times counts as infinitely old. A page seen once (filler that
+    streamed past) goes before a page that keeps being needed, even if it was seen later."""
+
+    name = "lru-k"
+
+    def victims(self, candidates: list[Page], need: int) -> list[Page]:
+        def kth_reference(p: Page) -> int:
+            return p.history[0] if len(p.history) >= LRU_K else -1
+
+        return _take(sorted(candidates, key=lambda p: (kth_reference(p), p.last_access, p.key)), need)
+
+
+class Clock:
+    """CLOCK (second chance): a hand sweeps the pages in a fixed circular order; a page with
+    its reference bit set loses the bit and is passed over, one without it is evicted."""
+
+    name = "clock"
+
+    def __init__(self) -> None:
+        self.hand: tuple[str, int] | None = None  # key of the page the hand last stopped at
+
+    def victims(self, candidates: list[Page], need: int) -> list[Page]:
+        ring = sorted(candidates, key=lambda p: p.key)
+        if not ring:
+            return []
+        start = next((i for i, p in enumerate(ring) if self.hand is None or p.key > self.hand), 0)
+        chosen: list[Page] = []
+        taken: set[tuple[str, int]] = set()
+        freed = 0
+        for step in range(2 * len(ring)):  # two sweeps clear every bit, so this always ends
+            if freed >= need or len(chosen) == len(ring):
+                break
+            page = ring[(start + step) % len(ring)]
+            if page.key in taken:
+                continue
+            self.hand = page.key
+            if page.referenced:
+                page.referenced = False
+            else:
+                chosen.append(page)
+                taken.add(page.key)
+                freed += page.tokens
+        return chosen
+
+
+POLICIES: dict[str, type] = {"lru": LRU, "lru-k": LRUK, "clock": Clock}
+
+
+def make_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown replacement policy {name!r}; choose one of {', '.join(POLICIES)}") from None

@@ -1,0 +1,104 @@
+"""Paged memory on the real model: a fact evicted early comes back through a page fault and
+the model answers from it; KV is rebuilt only from the first changed page; the benchmark runs
+end to end (a short version)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import trio
+from rich.console import Console
+
+from conftest import kernel_with
+from llmos.benchmarks import memory as bench_memory
+from llmos.kernel.memory import RECALLED
+from llmos.runtime import session
+from test_memory import common_prefix, fill, with_memory
+
+SYSTEM = "You are a helpful assistant. Answer in a few words."
+FACT = "Maria Okafor plays the cello."
+
+
+def run(backend, fn, path, **fields):
+    async def main():
+        async with kernel_with(backend) as kernel:
+            with_memory(kernel, path, **fields)
+            return await fn(kernel, session(kernel, "test"))
+
+    return trio.run(main)
+
+
+def test_real_model_answers_from_a_paged_in_fact(real_backend, tmp_path):
+    async def body(kernel, sh):
+        await sh.mem.store(SYSTEM, role="system", pin=True)
+        fact = await sh.mem.store(FACT)
+        await fill(sh, 10)
+        before = await sh.mem.stat()
+        kernel.engine.recorded = []
+        reply = await sh.mem.chat("Which instrument does Maria Okafor play?", max_tokens=12)
+        prompt = kernel.backend.decode(kernel.engine.recorded[0][0])
+        return fact, before, reply, prompt
+
+    fact, before, reply, prompt = run(real_backend, body, tmp_path, page_tokens=64, budget=120)
+    assert next(e for e in before.entries if e.page == fact[0]).state == "evicted"
+    assert fact[0] in reply.memory.faulted
+    assert RECALLED + FACT in prompt
+    assert "cello" in reply.content.lower(), reply.content  # the 135M model manages this one
+
+
+def test_real_model_kv_rebuilt_from_first_changed_page(real_backend, tmp_path):
+    async def body(kernel, sh):
+        proc = kernel.procs.get(sh.pid)
+        await sh.mem.store(SYSTEM, role="system", pin=True)
+        kernel.engine.recorded = []
+        await sh.mem.chat("Name a fruit.", max_tokens=6)
+        second = await sh.mem.chat("Name a colour.", max_tokens=6)
+        kv = list(proc.kv.token_ids)
+        await sh.mem.budget((await sh.mem.stat()).resident_tokens - 5)  # the oldest pages must go
+        third = await sh.mem.chat("Name an animal.", max_tokens=6)
+        return second, third, kv, [ids for ids, _ in kernel.engine.recorded], await sh.mem.stat()
+
+    second, third, kv, prompts, st = run(real_backend, body, tmp_path, page_tokens=64, budget=4000)
+    assert second.usage.cached_tokens >= len(prompts[0]) - 2
+    assert st.page_outs > 0 and prompts[2][: len(prompts[1])] != prompts[1]  # not an extension
+    assert third.usage.cached_tokens == common_prefix(kv, prompts[2])
+    assert 0 < third.usage.cached_tokens < len(prompts[1])
+
+
+def test_benchmark_short_run(real_backend, tmp_path):
+    out = tmp_path / "bench.json"
+    args = bench_memory.build_parser().parse_args(
+        ["--facts", "30", "--filler", "1", "--questions", "2", "--max-tokens", "8", "--json", str(out)]
+    )
+    console = Console(record=True, width=120)
+    report = trio.run(bench_memory.bench, args, console, real_backend)
+    console.print(bench_memory.render(report))
+    text = console.export_text()
+    assert "residency recall" in text and "sliding window" in text
+    paged, window = report["paged"], report["window"]
+    assert report["config"]["budget_tokens"] <= max(128, 0.1 * report["config"]["history_tokens"])
+    assert len(paged["answers"]) == len(window["answers"]) == 2
+    assert paged["page_outs"] > 0 and paged["faults"] > 0
+    assert paged["residency_recall"] >= 0.5 > window["residency_recall"]
+
+
+def test_remember_example_continues_across_kernel_restarts(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LLMOS_HOME=str(tmp_path), LLMOS_THREADS="1")
+    env.pop("LLMOS_CHROMA_URL", None)
+
+    def llmos_run(*args: str) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "llmos", "run", "remember", *args],
+            capture_output=True, text=True, timeout=600, env=env,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    first = llmos_run("My sister's name is Ingrid.")
+    second = llmos_run("What is my sister's name?")
+    other = llmos_run("--memory", "work", "The review is on Friday.")
+    assert "memory remember: 3 pages" in first  # system prompt, message, reply
+    assert "memory remember: 5 pages (5 resident" in second  # a new kernel found the first three
+    assert "memory work: 3 pages" in other
