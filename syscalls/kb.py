@@ -65,7 +65,7 @@ class Collections(BaseModel):
 
 def knowledge_base(call: Call) -> KnowledgeBase:
     if call.kernel.kb is None:
-        call.kernel.kb = KnowledgeBase()
+        call.kernel.kb = KnowledgeBase(call.kernel.embedder)  # one embedder per kernel
     return call.kernel.kb
 
 
