@@ -17,10 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import sys
 
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator

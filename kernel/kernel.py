@@ -38,6 +38,7 @@ KERNEL_PID = 0
 EXIT_ERROR = 1
 EXIT_KILLED = 137  # 128 + SIGKILL, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+ORPHAN_ZOMBIES_KEPT = 256
 MEMORY_CLOSE_SECONDS = 10.0  # at shutdown, for writing out named memories
 
 HandleFactory = Callable[["Kernel", Process], Any]
@@ -201,11 +202,18 @@ class Kernel:
         self._exits = trio.Event()
         first_line = reason.splitlines()[-1] if reason else ""
         self.events.publish(Event(proc.pid, "exit", f"exit {code}: {first_line}"))
-        if proc.session or proc.ppid == KERNEL_PID:
-            # A closed session leaves nothing to reap, and the kernel reaps its adopted
-            # orphans at once (as init does); their record and log stay readable as reaped.
-            self.procs.remove(proc.pid)
+        if proc.session:
+            self.procs.remove(proc.pid)  # a closed session leaves nothing to reap
+        self._reap_old_orphans()
         self.commit()
+
+    def _reap_old_orphans(self) -> None:
+        """Orphans' zombies stay visible (a daemon client may come back for the result), but
+        the kernel reaps the oldest beyond ORPHAN_ZOMBIES_KEPT so a long-lived kernel cannot
+        fill its table with them. Reaped records stay readable (ProcessTable.reaped)."""
+        orphans = [p for p in self.procs if p.ppid == KERNEL_PID and not p.alive and not p.session]
+        for proc in orphans[: max(0, len(orphans) - ORPHAN_ZOMBIES_KEPT)]:
+            self.procs.remove(proc.pid)
 
     def commit(self) -> None:
         """Make the process table durable now, when a journal keeps it (kernel/persist.py)."""

@@ -56,6 +56,15 @@ class RemoteModel:
     def name(self) -> str:
         return f"{self.model} @ {self.base_url}"
 
+    # The kernel has no tokenizer for a remote model. Memory pages (kernel/memory.py) still need
+    # to be measured and cut, so they are measured in UTF-8 bytes: a conservative stand-in
+    # (about four bytes to a token) that decodes back to exactly the text it came from.
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="ignore")
+
     @classmethod
     async def open(cls, spec: str, api_key: str | None = None) -> "RemoteModel":
         """Parse `openai:URL[#MODEL]` and ask the server which models it serves."""

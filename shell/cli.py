@@ -122,8 +122,6 @@ def _daemon(args: argparse.Namespace) -> int:
     from llmos.kernel.daemon import DaemonError, DaemonSettings, run
     from llmos.kernel.remote_engine import RemoteModelError
 
-    if sys.version_info < (3, 11):
-        from exceptiongroup import BaseExceptionGroup
 
     http = None
     if not args.no_http:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import trio
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel

@@ -31,8 +31,6 @@ from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.mem import MemStat
 from llmos.syscalls.proc import ProcInfo
 
-if _sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 
 class UsageError(Exception):

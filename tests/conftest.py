@@ -56,3 +56,33 @@ async def kernel_with(backend: Backend, **config) -> AsyncIterator:
 
     async with boot(KernelConfig(**config), backend=backend) as kernel:
         yield kernel
+
+
+AGENTS = os.path.join(os.path.dirname(__file__), "agents_for_tests")
+
+
+def prog(name: str) -> str:
+    """Path of a test agent program in tests/agents_for_tests."""
+    return os.path.join(AGENTS, f"{name}.py")
+
+
+def run(backend: Backend, fn, **config):
+    """trio.run `fn(kernel, session_handle)` inside a fresh kernel on `backend`."""
+    import trio
+
+    from llmos.runtime import session
+
+    async def main():
+        async with kernel_with(backend, **config) as kernel:
+            return await fn(kernel, session(kernel, "test"))
+
+    return trio.run(main)
+
+
+async def errno_of(coro):
+    """The errno of the SyscallError that awaiting `coro` raises (fails if none is raised)."""
+    from llmos.syscalls.errors import SyscallError
+
+    with pytest.raises(SyscallError) as info:
+        await coro
+    return info.value.errno

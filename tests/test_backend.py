@@ -95,7 +95,6 @@ def test_real_chat_is_deterministic_and_stops(real_backend):
 
 def test_real_two_processes_at_once_match_alone(real_backend):
     async def agent_answers(kernel, prompts):
-        sh = session(kernel)
         results = {}
 
         async def one(p):

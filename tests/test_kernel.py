@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import trio
 
-from conftest import kernel_with
+from conftest import errno_of, prog, run
 from llmos.kernel.process import ProcState
 from llmos.runtime import session
 from llmos.syscalls.errors import Errno, SyscallError
-
-HERE = Path(__file__).parent / "agents_for_tests"
-
-
-def prog(name: str) -> str:
-    return str(HERE / f"{name}.py")
-
-
-def run(backend, fn, **config):
-    async def main():
-        async with kernel_with(backend, **config) as kernel:
-            return await fn(kernel, session(kernel, "test"))
-
-    return trio.run(main)
-
-
-async def errno_of(coro) -> Errno:
-    with pytest.raises(SyscallError) as info:
-        await coro
-    return info.value.errno
-
 
 def test_agent_exception_is_contained(tiny_backend):
     async def body(kernel, sh):
@@ -233,17 +211,20 @@ def test_busy_process_cannot_chat_twice(tiny_backend):
     assert run(tiny_backend, body) is Errno.EBUSY
 
 
-def test_orphans_are_reaped_by_the_kernel(tiny_backend):
+def test_orphan_zombies_are_bounded(tiny_backend, monkeypatch):
+    from llmos.kernel import kernel as kernel_module
+
+    monkeypatch.setattr(kernel_module, "ORPHAN_ZOMBIES_KEPT", 2)
+
     async def body(kernel, sh):
         from llmos.runtime import session as new_session
 
         parent = new_session(kernel, "parent")
-        pid = await parent.proc.spawn(prog("talker"), "3")
+        pids = [await parent.proc.spawn(prog("talker"), "2") for _ in range(4)]
         kernel.end_session(kernel.procs.get(parent.pid))  # the parent goes away first
-        orphan = kernel.procs.get(pid)
-        assert orphan.ppid == 0
-        await orphan.exited.wait()
-        return kernel.procs.get(pid), kernel.procs.lookup(pid)
+        for pid in pids:
+            await kernel.procs.lookup(pid).exited.wait()
+        return [kernel.procs.get(p) is not None for p in pids], [kernel.procs.lookup(p).exit_code for p in pids]
 
-    live, reaped = run(tiny_backend, body)
-    assert live is None and reaped is not None and reaped.exit_code == 0
+    in_table, codes = run(tiny_backend, body)
+    assert sum(in_table) == 2 and codes == [0, 0, 0, 0]  # the two oldest were reaped, all readable

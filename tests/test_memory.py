@@ -12,12 +12,12 @@ import pytest
 import trio
 from rich.console import Console
 
-from conftest import kernel_with
+from conftest import errno_of, kernel_with
 from llmos.kernel.embeddings import Embedder
 from llmos.kernel.memory import RECALLED, Memory, MemoryConfig
 from llmos.kernel.pagetable import LRU, LRUK, Clock, Page, cut
 from llmos.runtime import local_handle, session
-from llmos.syscalls.errors import Errno, SyscallError
+from llmos.syscalls.errors import Errno
 
 EMBEDDER = Embedder()  # one for every test: loading it is the slow part
 SYSTEM = "You are a careful assistant."
@@ -48,12 +48,6 @@ def run(backend, fn, path: Path, **fields):
             return await fn(kernel, session(kernel, "test"))
 
     return trio.run(main)
-
-
-async def errno_of(coro) -> Errno:
-    with pytest.raises(SyscallError) as info:
-        await coro
-    return info.value.errno
 
 
 async def fill(sh, n: int) -> None:

@@ -6,41 +6,19 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import trio
 
-from conftest import kernel_with
+from conftest import errno_of, prog, run
 from llmos.kernel.audit import AuditLog
 from llmos.kernel.capabilities import Capabilities
 from llmos.kernel.quota import EXIT_QUOTA, Quota
-from llmos.runtime import local_handle, session
+from llmos.runtime import local_handle
 from llmos.syscalls import TABLE
 from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool
-
-HERE = Path(__file__).parent / "agents_for_tests"
-
-
-def prog(name: str) -> str:
-    return str(HERE / f"{name}.py")
-
-
-def run(backend, fn, **config):
-    async def main():
-        async with kernel_with(backend, **config) as kernel:
-            return await fn(kernel, session(kernel, "test"))
-
-    return trio.run(main)
-
-
-async def errno_of(coro) -> Errno:
-    with pytest.raises(SyscallError) as info:
-        await coro
-    return info.value.errno
-
 
 def sandbox(kernel, name="box", **caps):
     """A session process with the given capabilities."""

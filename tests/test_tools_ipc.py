@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import pytest
 import trio
 
-from conftest import kernel_with
+from conftest import errno_of, prog, run
 from llmos.kernel.process import ProcState
-from llmos.runtime import local_handle, session
-from llmos.syscalls.errors import Errno, SyscallError
-
-HERE = Path(__file__).parent / "agents_for_tests"
-
-
-def prog(name: str) -> str:
-    return str(HERE / f"{name}.py")
-
-
-def run(backend, fn, **config):
-    async def main():
-        async with kernel_with(backend, **config) as kernel:
-            return await fn(kernel, session(kernel, "test"))
-
-    return trio.run(main)
-
-
-async def errno_of(coro) -> Errno:
-    with pytest.raises(SyscallError) as info:
-        await coro
-    return info.value.errno
-
+from llmos.runtime import local_handle
+from llmos.syscalls.errors import Errno
 
 class StepCounter(trio.abc.Instrument):
     """Counts how often each task is scheduled: a task that polls would keep running."""

@@ -12,7 +12,7 @@ from conftest import kernel_with
 from llmos.kernel.capabilities import Capabilities
 from llmos.kernel.embeddings import Embedder
 from llmos.kernel.kb import KnowledgeBase, chunk_text
-from llmos.runtime import local_handle, session
+from llmos.runtime import local_handle
 from llmos.syscalls.errors import Errno, SyscallError
 
 DOCS = {

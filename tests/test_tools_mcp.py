@@ -8,26 +8,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import kernel_with
+from conftest import errno_of, run
 from llmos.kernel.capabilities import Capabilities
-from llmos.runtime import local_handle, session
+from llmos.runtime import local_handle
 from llmos.syscalls.errors import Errno, SyscallError
 
 SERVER = str(Path(__file__).parent / "mcp_server_fixture.py")
-
-
-def run(backend, fn):
-    async def main():
-        async with kernel_with(backend) as kernel:
-            return await fn(kernel, session(kernel, "test"))
-
-    return trio.run(main)
-
-
-async def errno_of(coro) -> Errno:
-    with pytest.raises(SyscallError) as info:
-        await coro
-    return info.value.errno
 
 
 def test_mount_call_and_unmount(tiny_backend, tmp_path):
