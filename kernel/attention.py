@@ -30,6 +30,13 @@ class Segment:
     kv: SequenceKV
     start: int
     n: int
+    window: torch.Tensor | None = None  # kv.buf[..., :start + n, :], made once per step
+
+    def cache(self, layer: int) -> torch.Tensor:
+        """[2 (key, value), kv_heads, start + n, dim] of one layer: a view of the cache."""
+        if self.window is None:
+            self.window = self.kv.buf[:, :, :, : self.start + self.n]
+        return self.window[layer]
 
 
 _current = threading.local()
@@ -52,27 +59,33 @@ class StepContext:
 def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[Segment], scale: float) -> torch.Tensor:
     """Store the new keys/values of every segment in its cache and attend each segment's
     queries to its own cache. q: [N, q_heads, dim]; k, v: [N, kv_heads, dim] (rotary applied).
-    Returns [N, q_heads, dim]."""
-    q_heads, kv_heads = q.shape[1], k.shape[1]
+    Returns [N, q_heads, dim].
+
+    This loop runs segments x layers times a step, so it keeps its tensor operations few."""
+    n_tokens, q_heads, dim = q.shape
+    kv_heads = k.shape[1]
     rep = q_heads // kv_heads
+    new_kv = torch.stack((k, v), dim=2)  # [N, kv_heads, 2, dim]: one copy per segment below
+    grouped = q.view(n_tokens, kv_heads, rep, dim)  # query heads grouped by the KV head they share
     outputs = []
     offset = 0
     for seg in segments:
+        cache = seg.cache(layer)
         end = seg.start + seg.n
-        buf = seg.kv.buf[layer]
-        buf[0, :, seg.start : end] = k[offset : offset + seg.n].transpose(0, 1)
-        buf[1, :, seg.start : end] = v[offset : offset + seg.n].transpose(0, 1)
-        keys, values = buf[0, :, :end], buf[1, :, :end]  # [kv_heads, end, dim], in place
+        cache[:, :, seg.start : end] = new_kv[offset : offset + seg.n].permute(2, 1, 0, 3)
+        # Keys and values as [1, kv_heads, end, dim] views, in place. (4-D: torch's fused CPU
+        # attention kernel only takes batched inputs; 3-D ones take the slow reference path.)
+        keys, values = cache[0:1], cache[1:2]
         if seg.n == 1:
-            # A single query attends to everything stored: group the query heads that share a
-            # KV head, so no key is repeated and no mask is needed.
-            qg = q[offset].reshape(kv_heads, rep, -1)
-            out = F.scaled_dot_product_attention(qg, keys, values, scale=scale).reshape(1, q_heads, -1)
+            # A single query attends to everything stored: its grouped heads need no repeated
+            # keys and no mask.
+            out = F.scaled_dot_product_attention(grouped[offset : offset + 1], keys, values, scale=scale)
+            outputs.append(out.view(1, q_heads, dim))
         else:
-            qs = q[offset : offset + seg.n].transpose(0, 1)  # [q_heads, n, dim]
+            qs = q[offset : offset + seg.n].transpose(0, 1).unsqueeze(0)  # [1, q_heads, n, dim]
             if rep > 1:
-                keys = keys.repeat_interleave(rep, dim=0)
-                values = values.repeat_interleave(rep, dim=0)
+                keys = keys.repeat_interleave(rep, dim=1)
+                values = values.repeat_interleave(rep, dim=1)
             if seg.start == 0:
                 out = F.scaled_dot_product_attention(qs, keys, values, is_causal=True, scale=scale)
             else:
@@ -80,8 +93,7 @@ def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segmen
                 rows = torch.arange(seg.n).unsqueeze(1) + seg.start
                 mask = torch.arange(end).unsqueeze(0) <= rows
                 out = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, scale=scale)
-            out = out.transpose(0, 1)
-        outputs.append(out)
+            outputs.append(out[0].transpose(0, 1))
         offset += seg.n
     return torch.cat(outputs, dim=0)
 
