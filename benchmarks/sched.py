@@ -9,7 +9,8 @@ Figures per N: llmos_tok_s (generated tokens / wall time), baseline_tok_s (a sam
 recorded calls, each served alone by `generate`, tokens / summed time), speedup, jain_index
 (over each agent's tokens per second of wanting the model, i.e. wall time minus its tool
 time), ttft_p50_s and ttft_p99_s over all turns.
-Records: `resume` (time to first token for a 2,000-token context resumed from retained KV, vs
+Records: `busy` (TTFT p50/p99 of fresh requests arriving while the largest N of agents are
+decoding, to compare with `idle_ttft_s`), `resume` (time to first token for a 2,000-token context resumed from retained KV, vs
 from a compressed copy, vs prefilled again), `nice` (shares of three always-busy agents with
 nice 0, -3, -6 under the fair policy, expected 1:2:4), `idle_ttft_s`.
 """
@@ -179,6 +180,36 @@ async def idle_ttft(backend: Backend) -> float:
     return statistics.median(times)
 
 
+async def busy_ttft(backend: Backend, busy: int, probes: int = 12, gap: float = 0.25) -> dict:
+    """TTFT of requests that arrive while `busy` agents are decoding: one prober sends fresh
+    one-token requests (no retained KV) at random moments, `gap` s apart on average. The batch
+    has a seat for the probe, so this measures the scheduler's admission, not its quantum."""
+    import random
+
+    config = KernelConfig(max_batch=busy + 1)
+    rng = random.Random(0)
+    async with boot(config, backend) as kernel:
+        stats = kernel.engine.stats
+
+        async def hog(i: int) -> None:
+            sh = session(kernel, f"busy{i}")
+            await sh.llm.chat(prompt_for(i), max_tokens=4096, ignore_eos=True)
+
+        times = []
+        async with trio.open_nursery() as nursery:
+            for i in range(busy):
+                nursery.start_soon(hog, i)
+            while not stats.batch_sizes or stats.batch_sizes[-1] < busy:  # everyone is decoding
+                await trio.sleep(0.01)
+            for i in range(probes):
+                await trio.sleep(rng.uniform(0.5 * gap, 1.5 * gap))
+                sh = session(kernel, f"probe{i}")
+                reply = await sh.llm.chat(prompt_for(busy + i), max_tokens=1)  # as idle_ttft asks
+                times.append(reply.ttft)
+            nursery.cancel_scope.cancel()
+    return {"busy_agents": busy, "probes": probes, "ttft_p50_s": round(percentile(times, 50), 4), "ttft_p99_s": round(percentile(times, 99), 4)}
+
+
 async def run_all(backend: Backend, opts: argparse.Namespace) -> dict:
     console = Console(stderr=True)
     report: dict = {
@@ -195,6 +226,8 @@ async def run_all(backend: Backend, opts: argparse.Namespace) -> dict:
     for n in opts.agents:
         console.print(f"[dim]N={n}…[/]")
         report["runs"].append(await run_agents(backend, n, opts))
+    console.print("[dim]busy…[/]")
+    report["busy"] = await busy_ttft(backend, max(opts.agents))
     console.print("[dim]resume…[/]")
     report["resume"] = await resume_record(backend)
     console.print("[dim]nice…[/]")
@@ -212,7 +245,11 @@ def print_report(report: dict, console: Console) -> None:
             f"{r['jain_index']:.3f}", f"{r['ttft_p50_s']:.3f}", f"{r['ttft_p99_s']:.3f}",
         )
     console.print(table)
-    res, nice = report["resume"], report["nice"]
+    res, nice, busy = report["resume"], report["nice"], report["busy"]
+    console.print(
+        f"TTFT of a request arriving while {busy['busy_agents']} agents decode: p50 {busy['ttft_p50_s']:.3f} s, "
+        f"p99 {busy['ttft_p99_s']:.3f} s ({busy['ttft_p99_s'] / report['idle_ttft_s']:.1f}x idle)"
+    )
     console.print(
         f"idle TTFT {report['idle_ttft_s']:.3f} s · resume {res['context_tokens']}-token context: "
         f"retained KV {res['resume_s']:.3f} s, compressed copy {res['restore_compressed_s']:.3f} s, "

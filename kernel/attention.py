@@ -2,9 +2,13 @@
 
 One forward pass carries a flat run of tokens from many processes: one token per decoding
 process plus a chunk of prompt for a process that is prefilling (vLLM's packed layout). The
-projections and MLP see every token in one matmul; attention alone is split per segment, each
-attending to its own `SequenceKV` in place. Because no sequence is padded or masked against its
-neighbours, a process's attention is computed exactly as it would be alone.
+projections and MLP see every token in one matmul. Attention is where sequences differ:
+  - decoders seated in the `DecodeSlab` are attended together, one call per layer, each seat
+    masked to its own stored positions (`DecodeBatch`);
+  - everything else (prompt chunks, contexts too long for the slab) is attended per segment,
+    each against its own `SequenceKV` in place.
+Masked positions contribute exact zeros, so a process's attention is computed as it would be
+alone.
 
 transformers lets a model use a registered attention function by name; we register ours as
 "llmos" and install the current step's segments in a thread-local before each forward.
@@ -18,18 +22,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llmos.kernel.kvcache import SequenceKV
+from llmos.kernel.kvcache import DecodeSlab, SequenceKV
 
 ATTN_NAME = "llmos"
 
 
 @dataclass
 class Segment:
-    """`n` consecutive tokens of the flat batch that extend `kv` from position `start`."""
+    """`n` consecutive tokens of the flat batch, from `row` on, that extend `kv` from position
+    `start`."""
 
     kv: SequenceKV
     start: int
     n: int
+    row: int = 0
     window: torch.Tensor | None = None  # kv.buf[..., :start + n, :], made once per step
 
     def cache(self, layer: int) -> torch.Tensor:
@@ -39,63 +45,127 @@ class Segment:
         return self.window[layer]
 
 
+@dataclass
+class DecodeBatch:
+    """The decoding sequences of a step, one token each, seated in the slab and laid first in
+    the flat batch (rows 0..B-1, in slot order). Each layer stores their keys/values with one
+    indexed write and attends them with one call over seats 0..S-1; seats in that range that
+    belong to no decoder of this step see only position 0, and their output is discarded."""
+
+    slab: DecodeSlab
+    slots: torch.Tensor  # [B] seat of row b
+    positions: torch.Tensor  # [B] the position row b writes
+    mask: torch.Tensor  # [S, 1, 1, L] bool: the positions each seat's query may see
+    dense: bool  # slots are exactly 0..B-1: no scatter or gather needed
+
+    @classmethod
+    def build(cls, slab: DecodeSlab, slots: list[int], positions: list[int]) -> "DecodeBatch":
+        seats = max(slots) + 1
+        length = max(positions) + 1
+        visible = torch.zeros(seats, dtype=torch.long)  # unused seats: position 0 only, never NaN
+        visible[torch.tensor(slots)] = torch.tensor(positions)
+        mask = (torch.arange(length).unsqueeze(0) <= visible.unsqueeze(1)).view(seats, 1, 1, length)
+        return cls(slab, torch.tensor(slots), torch.tensor(positions), mask, dense=seats == len(slots))
+
+    @property
+    def size(self) -> int:
+        return self.slots.shape[0]
+
+    def attend(self, layer: int, grouped: torch.Tensor, new_kv: torch.Tensor, scale: float) -> torch.Tensor:
+        """grouped: [B, kv_heads, rep, dim] queries; new_kv: [B, 2, kv_heads, dim].
+        Returns [B, kv_heads, rep, dim]."""
+        data = self.slab.data[layer]  # [2, slot, kv_heads, position, dim]
+        data[:, self.slots, :, self.positions] = new_kv
+        seats, length = self.mask.shape[0], self.mask.shape[-1]
+        keys, values = data[0, :seats, :, :length], data[1, :seats, :, :length]
+        if self.dense:
+            return F.scaled_dot_product_attention(grouped, keys, values, attn_mask=self.mask, scale=scale)
+        queries = grouped.new_zeros(seats, *grouped.shape[1:])
+        queries[self.slots] = grouped
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=self.mask, scale=scale)
+        return out[self.slots]
+
+
 _current = threading.local()
 
 
 class StepContext:
-    """Installs the segments of one forward pass for the attention function to read."""
+    """Installs the work of one forward pass for the attention function to read."""
 
-    def __init__(self, segments: list[Segment]) -> None:
+    def __init__(self, segments: list[Segment], batch: DecodeBatch | None = None) -> None:
         self.segments = segments
+        self.batch = batch
 
     def __enter__(self) -> "StepContext":
-        _current.segments = self.segments
+        _current.step = self
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _current.segments = None
+        _current.step = None
 
 
-def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[Segment], scale: float) -> torch.Tensor:
-    """Store the new keys/values of every segment in its cache and attend each segment's
-    queries to its own cache. q: [N, q_heads, dim]; k, v: [N, kv_heads, dim] (rotary applied).
-    Returns [N, q_heads, dim].
+def attend(
+    layer: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    segments: list[Segment],
+    scale: float,
+    batch: DecodeBatch | None = None,
+) -> torch.Tensor:
+    """Store the new keys/values of every token in its cache and attend each token's query to
+    its own cache. q: [N, q_heads, dim]; k, v: [N, kv_heads, dim] (rotary applied). The first
+    `batch.size` rows are the seated decoders; `segments` are the rest. Returns [N, q_heads, dim].
 
-    This loop runs segments x layers times a step, so it keeps its tensor operations few."""
+    This runs once per layer; the per-segment loop runs segments x layers times a step, so it
+    keeps its tensor operations few."""
     n_tokens, q_heads, dim = q.shape
     kv_heads = k.shape[1]
     rep = q_heads // kv_heads
-    new_kv = torch.stack((k, v), dim=2)  # [N, kv_heads, 2, dim]: one copy per segment below
+    new_kv = torch.stack((k, v), dim=1)  # [N, 2, kv_heads, dim]
     grouped = q.view(n_tokens, kv_heads, rep, dim)  # query heads grouped by the KV head they share
-    outputs = []
-    offset = 0
+    decoded = 0
+    if batch is not None:
+        decoded = batch.size
+        out = batch.attend(layer, grouped[:decoded], new_kv[:decoded], scale).view(decoded, q_heads, dim)
+        if not segments:
+            return out
+        outputs = [out]
+    else:
+        outputs = []
     for seg in segments:
-        cache = seg.cache(layer)
-        end = seg.start + seg.n
-        cache[:, :, seg.start : end] = new_kv[offset : offset + seg.n].permute(2, 1, 0, 3)
-        # Keys and values as [1, kv_heads, end, dim] views, in place. (4-D: torch's fused CPU
-        # attention kernel only takes batched inputs; 3-D ones take the slow reference path.)
-        keys, values = cache[0:1], cache[1:2]
-        if seg.n == 1:
-            # A single query attends to everything stored: its grouped heads need no repeated
-            # keys and no mask.
-            out = F.scaled_dot_product_attention(grouped[offset : offset + 1], keys, values, scale=scale)
-            outputs.append(out.view(1, q_heads, dim))
-        else:
-            qs = q[offset : offset + seg.n].transpose(0, 1).unsqueeze(0)  # [1, q_heads, n, dim]
-            if rep > 1:
-                keys = keys.repeat_interleave(rep, dim=1)
-                values = values.repeat_interleave(rep, dim=1)
-            if seg.start == 0:
-                out = F.scaled_dot_product_attention(qs, keys, values, is_causal=True, scale=scale)
-            else:
-                # Query i sits at position start+i and may see every position up to it.
-                rows = torch.arange(seg.n).unsqueeze(1) + seg.start
-                mask = torch.arange(end).unsqueeze(0) <= rows
-                out = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, scale=scale)
-            outputs.append(out[0].transpose(0, 1))
-        offset += seg.n
+        outputs.append(_attend_segment(layer, seg, q, grouped, new_kv, scale))
     return torch.cat(outputs, dim=0)
+
+
+def _attend_segment(
+    layer: int, seg: Segment, q: torch.Tensor, grouped: torch.Tensor, new_kv: torch.Tensor, scale: float
+) -> torch.Tensor:
+    n_tokens, q_heads, dim = q.shape
+    kv_heads, rep = grouped.shape[1], grouped.shape[2]
+    rows = slice(seg.row, seg.row + seg.n)
+    cache = seg.cache(layer)
+    end = seg.start + seg.n
+    cache[:, :, seg.start : end] = new_kv[rows].permute(1, 2, 0, 3)
+    # Keys and values as [1, kv_heads, end, dim] views, in place. (4-D: torch's fused CPU
+    # attention kernel only takes batched inputs; 3-D ones take the slow reference path.)
+    keys, values = cache[0:1], cache[1:2]
+    if seg.n == 1:
+        # A single query attends to everything stored: its grouped heads need no repeated
+        # keys and no mask.
+        out = F.scaled_dot_product_attention(grouped[rows], keys, values, scale=scale)
+        return out.view(1, q_heads, dim)
+    qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, q_heads, n, dim]
+    if rep > 1:
+        keys = keys.repeat_interleave(rep, dim=1)
+        values = values.repeat_interleave(rep, dim=1)
+    if seg.start == 0:
+        out = F.scaled_dot_product_attention(qs, keys, values, is_causal=True, scale=scale)
+    else:
+        # Query i sits at position start+i and may see every position up to it.
+        mask = torch.arange(end).unsqueeze(0) <= (torch.arange(seg.n).unsqueeze(1) + seg.start)
+        out = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, scale=scale)
+    return out[0].transpose(0, 1)
 
 
 def varlen_attention(
@@ -109,11 +179,12 @@ def varlen_attention(
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """`attend` behind transformers' attention interface, for models without a lean runner."""
-    segments: list[Segment] | None = getattr(_current, "segments", None)
-    if segments is None:
+    step: StepContext | None = getattr(_current, "step", None)
+    if step is None:
         raise RuntimeError("llmos attention called outside a StepContext")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = attend(module.layer_idx, query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), segments, scale)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    out = attend(module.layer_idx, q, k, v, step.segments, scale, step.batch)
     return out.unsqueeze(0), None
 
 

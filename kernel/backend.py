@@ -15,7 +15,9 @@ import torch
 
 from llmos.kernel import attention, llama
 from llmos.kernel.llama import LlamaRunner
-from llmos.kernel.kvcache import KVShape, SequenceKV
+from llmos.kernel.kvcache import DecodeSlab, KVShape, SequenceKV
+
+SLAB_MAX_TOKENS = 2048  # decoders with longer contexts are attended one by one
 
 
 @dataclass
@@ -25,8 +27,22 @@ class WorkItem:
     want_logits: bool  # True when these are the last pending tokens and the next one is sampled
 
 
+@dataclass
+class StepPlan:
+    """One forward pass laid out: the flat token batch, decoders first."""
+
+    ids: list[int]
+    positions: list[int]
+    segments: list[attention.Segment]  # everything not in `batch`
+    batch: attention.DecodeBatch | None
+    keep: list[int]  # rows whose logits are returned, in item order
+    items: list[WorkItem]
+
+
 class Backend:
-    def __init__(self, model: Any, tokenizer: Any, name: str = "model", threads: int = 0, lean: bool = True) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, name: str = "model", threads: int = 0, lean: bool = True, slots: int = 32
+    ) -> None:
         attention.register()
         if threads > 0:
             torch.set_num_threads(threads)
@@ -48,6 +64,7 @@ class Backend:
         # Llama-family models get the lean forward; anything else runs transformers' forward
         # with our attention plugged in.
         self.runner = LlamaRunner(model) if lean and llama.supports(model) else None
+        self.slab = DecodeSlab(self.shape, slots, min(self.max_context, SLAB_MAX_TOKENS))
 
     @classmethod
     def load(cls, spec: str, dtype: str = "float32", threads: int = 0) -> "Backend":
@@ -78,37 +95,55 @@ class Backend:
 
     # -- the batched step --------------------------------------------------------------
 
-    @torch.inference_mode()
     def step(self, items: list[WorkItem]) -> torch.Tensor:
         """Feed every item's tokens in one forward pass; return [k, vocab] logits for the k
         items with want_logits, in order."""
-        segments: list[attention.Segment] = []
-        ids: list[int] = []
-        positions: list[int] = []
-        keep: list[int] = []
+        return self.run(self.plan(items))
+
+    def plan(self, items: list[WorkItem]) -> StepPlan:
+        """Make room in every cache and seat the decoders. This moves caches, so it runs on the
+        thread that owns them (the kernel loop), never while a forward pass is in flight."""
         for item in items:
+            item.kv.reserve(item.kv.length + len(item.tokens))
+        decoders = [item for item in items if len(item.tokens) == 1]
+        seated = bool(decoders) and self.slab.seat([d.kv for d in decoders], [d.kv.length + 1 for d in decoders])
+        if seated:
+            decoders.sort(key=lambda d: d.kv.slot)  # type: ignore[arg-type, return-value]
+            first = {id(d): row for row, d in enumerate(decoders)}
+            ids = [d.tokens[0] for d in decoders]
+            positions = [d.kv.length for d in decoders]
+            batch = attention.DecodeBatch.build(self.slab, [d.kv.slot for d in decoders], positions)  # type: ignore[misc]
+            rest = [item for item in items if id(item) not in first]
+        else:
+            first, ids, positions, batch, rest = {}, [], [], None, items
+        segments = []
+        for item in rest:
             start = item.kv.length
-            item.kv.reserve(start + len(item.tokens))
-            segments.append(attention.Segment(item.kv, start, len(item.tokens)))
+            first[id(item)] = len(ids)
+            segments.append(attention.Segment(item.kv, start, len(item.tokens), row=len(ids)))
             ids.extend(item.tokens)
             positions.extend(range(start, start + len(item.tokens)))
-            if item.want_logits:
-                keep.append(len(ids) - 1)
+        keep = [first[id(item)] + len(item.tokens) - 1 for item in items if item.want_logits]
+        return StepPlan(ids, list(positions), segments, batch, keep, items)
+
+    @torch.inference_mode()
+    def run(self, plan: StepPlan) -> torch.Tensor:
+        """The forward pass of a plan; returns the logits of its `keep` rows."""
+        ids, positions, keep = torch.tensor(plan.ids), torch.tensor(plan.positions), plan.keep
         if self.runner is not None:
-            logits = self.runner.forward(torch.tensor(ids), torch.tensor(positions), segments, keep)
+            logits = self.runner.forward(ids, positions, plan.segments, keep, plan.batch)
         else:
-            with attention.StepContext(segments):
+            with attention.StepContext(plan.segments, plan.batch):
                 out = self.model(
-                    input_ids=torch.tensor([ids]),
-                    position_ids=torch.tensor([positions]),
+                    input_ids=ids.unsqueeze(0),
+                    position_ids=positions.unsqueeze(0),
                     use_cache=False,
                     logits_to_keep=torch.tensor(keep, dtype=torch.long) if keep else 1,
                 )
             logits = out.logits[0] if keep else out.logits[0, :0]
-        for item in items:
+        for item in plan.items:
             item.kv.token_ids.extend(item.tokens)
         return logits.float()
-
 
     @torch.inference_mode()
     def hf_generate(self, prompt_ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 import trio
 
-from llmos.kernel.backend import Backend, WorkItem
+from llmos.kernel.backend import Backend, StepPlan, WorkItem
 from llmos.kernel.kvcache import KVPool
 from llmos.kernel.process import Process, ProcState
 from llmos.kernel.sampling import SamplingParams, sample
@@ -129,12 +129,13 @@ class Engine:
             return False
         items = [WorkItem(s.seq.kv, s.seq.pending(s.n_tokens), s.want_logits) for s in plan]
         started = time.monotonic()
-        tokens = await trio.to_thread.run_sync(self._forward, plan, items)
+        layout = self.backend.plan(items)  # moves caches: here, not in the worker thread
+        tokens = await trio.to_thread.run_sync(self._forward, plan, layout)
         self._finish_step(plan, items, tokens, time.monotonic() - started)
         return True
 
-    def _forward(self, plan: list[Scheduled], items: list[WorkItem]) -> list[int | None]:
-        logits = self.backend.step(items)
+    def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
+        logits = self.backend.run(layout)
         tokens: list[int | None] = []
         row = 0
         for s in plan:

@@ -48,6 +48,7 @@ class SequenceKV:
         self.token_ids: list[int] = []  # tokens whose keys/values are stored, position by position
         self.packed: torch.Tensor | None = None  # the compressed copy while evicted by "compress"
         self.last_used = 0  # pool clock tick of the last step that used it
+        self.slot: int | None = None  # its seat in the DecodeSlab while `buf` is a view of it
 
     def _alloc(self, tokens: int) -> torch.Tensor:
         s = self.shape
@@ -75,10 +76,14 @@ class SequenceKV:
         self.restore()
         if total_tokens <= self.capacity:
             return
-        grown = self._alloc(max(total_tokens, self.capacity * 2))
+        self.move_to(self._alloc(max(total_tokens, self.capacity * 2)))
+
+    def move_to(self, buf: torch.Tensor) -> None:
+        """Continue in `buf` (its own memory, or a seat in the slab), keeping what is stored."""
         if self.length:
-            grown[:, :, :, : self.length] = self.buf[:, :, :, : self.length]
-        self.buf = grown
+            buf[:, :, :, : self.length] = self.buf[:, :, :, : self.length]
+        self.buf = buf
+        self.slot = None
 
     def truncate(self, length: int) -> None:
         """Forget positions from `length` on (their tokens changed, or the cache was dropped)."""
@@ -105,6 +110,7 @@ class SequenceKV:
         self.token_ids = []
         self.packed = None
         self.buf = self.buf.new_empty((0,))
+        self.slot = None
 
     def compress(self) -> None:
         """Keep a bfloat16 copy of the stored positions and free the full-precision buffer."""
@@ -112,6 +118,7 @@ class SequenceKV:
             return
         self.packed = self.buf[:, :, :, : self.length].to(torch.bfloat16)
         self.buf = self.buf.new_empty((0,))
+        self.slot = None
 
     def restore(self) -> None:
         """Bring a compressed cache back to full precision (before it is used again)."""
@@ -119,7 +126,85 @@ class SequenceKV:
             return
         packed, self.packed = self.packed, None
         self.buf = self._alloc(packed.shape[3])
+        self.slot = None
         self.buf[:, :, :, : packed.shape[3]] = packed.to(self.shape.dtype)
+
+
+class DecodeSlab:
+    """Seats for the caches of decoding sequences, side by side in one tensor, so that a decode
+    step stores every new key/value with one indexed write and attends with one batched call
+    per layer instead of one call per sequence (see `attention.DecodeBatch`).
+
+    data[layer, 0=key/1=value, slot, head, position, dim]. A seated cache's `buf` is a view of
+    its slot, so every other use of the cache (prefill chunks, prefix copies, eviction) works
+    unchanged. Seats are kept between steps and reclaimed lazily, least recently used first,
+    so a process that blocks briefly in a tool resumes in place. Seating and growth happen
+    between forward passes, on the thread that owns the caches."""
+
+    def __init__(self, shape: KVShape, slots: int, max_tokens: int) -> None:
+        self.shape = shape
+        self.max_tokens = _round_up(max_tokens)  # longer contexts decode outside the slab
+        self.data = self._alloc(slots, GROWTH)
+        self._owners: list[weakref.ref[SequenceKV] | None] = [None] * slots
+
+    def _alloc(self, slots: int, tokens: int) -> torch.Tensor:
+        s = self.shape
+        return torch.empty(s.layers, 2, slots, s.kv_heads, tokens, s.head_dim, dtype=s.dtype)
+
+    @property
+    def slots(self) -> int:
+        return self.data.shape[2]
+
+    @property
+    def capacity(self) -> int:
+        return self.data.shape[4]
+
+    def owner(self, slot: int) -> SequenceKV | None:
+        ref = self._owners[slot]
+        kv = ref() if ref is not None else None
+        return kv if kv is not None and kv.slot == slot else None
+
+    def seat(self, caches: list[SequenceKV], need: list[int]) -> bool:
+        """Seat every cache of this decode step, with room for need[i] positions. False (and
+        nothing changed) when they cannot all be seated: too many, or a context too long."""
+        if max(need, default=0) > self.max_tokens:
+            return False
+        if max(need, default=0) > self.capacity or len(caches) > self.slots:
+            self._grow(max(need, default=0), len(caches))
+        wanted = {id(kv) for kv in caches}
+        free = [i for i in range(self.slots) if self.owner(i) is None]
+        # Reclaim the seats of caches not in this step, least recently used first.
+        taken = sorted(
+            (i for i in range(self.slots) if (o := self.owner(i)) is not None and id(o) not in wanted),
+            key=lambda i: self.owner(i).last_used,  # type: ignore[union-attr]
+        )
+        for kv in caches:
+            if kv.slot is not None and self.owner(kv.slot) is kv:
+                continue
+            if free:
+                slot = free.pop()
+            else:
+                slot = taken.pop(0)
+                self._unseat(self.owner(slot))  # type: ignore[arg-type]
+            kv.restore()
+            kv.move_to(self.data[:, :, slot])
+            kv.slot = slot
+            self._owners[slot] = weakref.ref(kv)
+        return True
+
+    def _unseat(self, kv: SequenceKV) -> None:
+        kv.move_to(kv._alloc(max(kv.length, 1)))
+
+    def _grow(self, tokens: int, slots: int) -> None:
+        tokens = max(tokens, self.capacity * 2) if tokens > self.capacity else self.capacity
+        grown = self._alloc(max(slots, self.slots), _round_up(min(tokens, self.max_tokens)))
+        self._owners += [None] * (grown.shape[2] - self.slots)
+        for slot in range(self.slots):
+            kv = self.owner(slot)
+            if kv is not None:
+                kv.move_to(grown[:, :, slot])  # copies only the positions it stores
+                kv.slot = slot
+        self.data = grown
 
 
 @dataclass

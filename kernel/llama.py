@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmos.kernel.attention import Segment, attend
+from llmos.kernel.attention import DecodeBatch, Segment, attend
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 
@@ -44,7 +44,14 @@ class LlamaRunner:
         self.scale = self.head_dim**-0.5
         self.layers = [_fuse_mlp(layer) for layer in inner.layers]
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, segments: list[Segment], keep: list[int]) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        segments: list[Segment],
+        keep: list[int],
+        batch: DecodeBatch | None = None,
+    ) -> torch.Tensor:
         """ids, positions: [N]. Returns logits [len(keep), vocab] for the rows in `keep`."""
         x = self.embed(ids)
         cos, sin = self.rotary(x, positions.unsqueeze(0))
@@ -58,7 +65,7 @@ class LlamaRunner:
             v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(n, self.kv_heads, self.head_dim)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            out = attend(index, q, k, v, segments, self.scale).reshape(n, -1)
+            out = attend(index, q, k, v, segments, self.scale, batch).reshape(n, -1)
             x = x + F.linear(out, attn.o_proj.weight, attn.o_proj.bias)
             h = layer.post_attention_layernorm(x)
             gate_up = F.linear(h, layer.gate_up_weight)

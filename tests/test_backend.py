@@ -153,3 +153,95 @@ def test_local_checkpoint_directory_loads_as_backend(real_backend):
     local = Backend.load(str(folder))
     ids = local.encode_chat([{"role": "user", "content": PROMPTS[0]}])
     assert greedy(local, ids, 8) == greedy(real_backend, ids, 8)
+
+
+# -- the decode slab: decoders' caches seated side by side ------------------------------------
+
+
+def _decode(backend, kvs_tokens: list[tuple], steps: int) -> None:
+    """Decode every (kv, out) pair together for `steps` steps, appending to out."""
+    for _ in range(steps):
+        logits = backend.step([WorkItem(kv, [out[-1]], True) for kv, out in kvs_tokens])
+        for row, (_, out) in zip(logits, kvs_tokens):
+            out.append(int(row.argmax()))
+
+
+def _start(backend, text: str) -> tuple:
+    kv = backend.new_kv()
+    logits = backend.step([WorkItem(kv, backend.encode(text), True)])
+    return kv, [int(logits[0].argmax())]
+
+
+def test_slab_seats_are_reclaimed_without_changing_outputs(tiny_backend):
+    from llmos.kernel.backend import Backend
+
+    texts = ["first prompt", "a second, longer prompt here", "third"]
+    alone = []
+    for t in texts:
+        pair = _start(tiny_backend, t)
+        _decode(tiny_backend, [pair], 12)
+        alone.append(pair[1])
+    # Two seats for three processes that take turns: seats are reclaimed and caches moved out
+    # and back in between steps.
+    small = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-2-seats", slots=2)
+    a, b, c = (_start(small, t) for t in texts)
+    _decode(small, [a, b], 4)
+    _decode(small, [c], 4)  # takes the least recently used seat
+    _decode(small, [a, c], 4)
+    _decode(small, [b], 8)
+    _decode(small, [a, c], 4)
+    assert [a[1], b[1], c[1]] == alone
+    _decode(small, [a, b, c], 1)  # more decoders than seats: the slab grows
+    assert small.slab.slots == 3
+
+
+def test_slab_mixes_with_prefill_and_grows_past_its_capacity(tiny_backend):
+    from llmos.kernel.backend import Backend
+    from llmos.kernel.kvcache import GROWTH
+
+    long_prompt = tiny_backend.encode("many words " * 40)
+    alone_long = greedy(tiny_backend, long_prompt, 6)
+    short = _start(tiny_backend, "short one")
+    _decode(tiny_backend, [short], GROWTH + 20)  # past the slab's first capacity
+    reference = short[1]
+
+    fresh = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-fresh")
+    kv, out = _start(fresh, "short one")
+    long_kv = fresh.new_kv()
+    # The long prompt prefills in chunks in the same steps as the decoder.
+    for start in range(0, len(long_prompt), 16):
+        piece = long_prompt[start : start + 16]
+        last = start + 16 >= len(long_prompt)
+        logits = fresh.step([WorkItem(kv, [out[-1]], True), WorkItem(long_kv, piece, last)])
+        out.append(int(logits[0].argmax()))
+    long_out = [int(logits[1].argmax())]
+    for _ in range(5):
+        logits = fresh.step([WorkItem(long_kv, [long_out[-1]], True), WorkItem(kv, [out[-1]], True)])
+        long_out.append(int(logits[0].argmax()))
+        out.append(int(logits[1].argmax()))
+    _decode(fresh, [(kv, out)], GROWTH + 21 - len(out))
+    assert long_out == alone_long
+    assert out == reference
+    assert fresh.slab.capacity > GROWTH
+
+
+def test_contexts_longer_than_the_slab_decode_alone_the_same(tiny_backend):
+    from llmos.kernel.backend import Backend
+    from llmos.kernel.kvcache import DecodeSlab, GROWTH
+
+    ids = tiny_backend.encode("long context " * 160)
+    assert len(ids) > GROWTH
+    reference = greedy(tiny_backend, ids, 8)
+    limited = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-limited")
+    limited.slab = DecodeSlab(limited.shape, 4, GROWTH)
+    assert greedy(limited, ids, 8) == reference
+    assert all(limited.slab.owner(s) is None for s in range(limited.slab.slots))
+
+
+def test_evicting_a_seated_cache_frees_its_seat(tiny_backend):
+    kv, out = _start(tiny_backend, "evict me")
+    _decode(tiny_backend, [(kv, out)], 2)
+    slot = kv.slot
+    assert slot is not None and tiny_backend.slab.owner(slot) is kv
+    kv.drop()
+    assert tiny_backend.slab.owner(slot) is None
