@@ -62,6 +62,7 @@ class DecodeBatch:
     def build(cls, slab: DecodeSlab, slots: list[int], positions: list[int]) -> "DecodeBatch":
         seats = max(slots) + 1
         length = max(positions) + 1
+        slab.finite(seats, length)
         visible = torch.zeros(seats, dtype=torch.long)  # unused seats: position 0 only, never NaN
         visible[torch.tensor(slots)] = torch.tensor(positions)
         mask = (torch.arange(length).unsqueeze(0) <= visible.unsqueeze(1)).view(seats, 1, 1, length)

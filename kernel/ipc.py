@@ -76,6 +76,14 @@ class Mailboxes:
                 return message
         return None
 
+    def put_back(self, message: Message) -> None:
+        """Return a message taken but not delivered to the front of its mailbox (over capacity
+        if need be: it was already accepted once)."""
+        box = self.box(message.to)
+        box.messages.appendleft(message)
+        box.size += message.size
+        box.waiters.unpark_all()
+
     async def wait(self, pid: int) -> None:
         """Sleep until something is sent to `pid` or some process exits; the caller looks again."""
         await self.box(pid).waiters.park()

@@ -146,6 +146,10 @@ class DecodeSlab:
         self.max_tokens = _round_up(max_tokens)  # longer contexts decode outside the slab
         self.data = self._alloc(slots, GROWTH)
         self._owners: list[weakref.ref[SequenceKV] | None] = [None] * slots
+        # Positions of each seat known to hold finite numbers. A step reads every seat up to
+        # the longest context in it, masked; a masked NaN from uninitialised memory would still
+        # poison the softmax, so `finite` zeroes what is read and was never written.
+        self._finite = [0] * slots
 
     def _alloc(self, slots: int, tokens: int) -> torch.Tensor:
         s = self.shape
@@ -182,7 +186,7 @@ class DecodeSlab:
             if kv.slot is not None and self.owner(kv.slot) is kv:
                 continue
             if free:
-                slot = free.pop()
+                slot = free.pop(0)  # the lowest: a step attends seats 0..max, so keep them packed
             else:
                 slot = taken.pop(0)
                 self._unseat(self.owner(slot))  # type: ignore[arg-type]
@@ -190,7 +194,15 @@ class DecodeSlab:
             kv.move_to(self.data[:, :, slot])
             kv.slot = slot
             self._owners[slot] = weakref.ref(kv)
+            self._finite[slot] = max(self._finite[slot], kv.length)
         return True
+
+    def finite(self, seats: int, length: int) -> None:
+        """Make positions [0, length) of seats [0, seats) safe to read."""
+        for slot in range(seats):
+            if self._finite[slot] < length:
+                self.data[:, :, slot, :, self._finite[slot] : length] = 0
+                self._finite[slot] = length
 
     def _unseat(self, kv: SequenceKV) -> None:
         kv.move_to(kv._alloc(max(kv.length, 1)))
@@ -199,11 +211,13 @@ class DecodeSlab:
         tokens = max(tokens, self.capacity * 2) if tokens > self.capacity else self.capacity
         grown = self._alloc(max(slots, self.slots), _round_up(min(tokens, self.max_tokens)))
         self._owners += [None] * (grown.shape[2] - self.slots)
+        self._finite = [0] * grown.shape[2]
         for slot in range(self.slots):
             kv = self.owner(slot)
             if kv is not None:
                 kv.move_to(grown[:, :, slot])  # copies only the positions it stores
                 kv.slot = slot
+                self._finite[slot] = kv.length
         self.data = grown
 
 

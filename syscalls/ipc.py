@@ -91,7 +91,11 @@ async def recv(
             raise SyscallError(Errno.EAGAIN, "no message waiting")
         raise SyscallError(Errno.ETIMEDOUT, f"no message within {timeout:g} s")
     if proc.stopped:  # stopped while waiting: the call returns only once continued
-        await proc.continued.wait()
+        try:
+            await proc.continued.wait()
+        except BaseException:  # cancelled meanwhile: the message was not delivered, keep it
+            kernel.mailboxes.put_back(message)
+            raise
     return Received(
         sender=message.sender, tag=message.tag, body=message.body, sent=message.sent,
         pending=kernel.mailboxes.pending(proc.pid),

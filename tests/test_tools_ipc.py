@@ -147,3 +147,33 @@ def test_kill_and_stop_while_blocked_in_recv(tiny_backend):
     assert killed.exit_code == 137 and not mailbox_left
     assert stopped_state == (ProcState.STOPPED, True)  # got the message but does not run until cont
     assert resumed.exit_code == 0 and resumed.result[0]["body"] == "while stopped"
+
+
+def test_a_recv_cancelled_while_stopped_keeps_its_message(tiny_backend):
+    """The message a stopped receiver took is not lost if its call is cancelled before the
+    process is continued: it goes back to the front of the mailbox."""
+
+    async def body(kernel, sh):
+        from llmos.runtime import session
+
+        rx = session(kernel, "rx")
+        proc = kernel.procs.get(rx.pid)
+        scope = trio.CancelScope()
+
+        async def receive() -> None:
+            with scope:
+                await rx.ipc.recv()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            while proc.wchan != "ipc.recv":
+                await trio.sleep(0.01)
+            await sh.proc.signal(rx.pid, "stop")
+            await sh.ipc.send(rx.pid, "keep me")
+            await sh.ipc.send(rx.pid, "and me")
+            await trio.sleep(0.1)
+            scope.cancel()
+        await sh.proc.signal(rx.pid, "cont")
+        return [(await rx.ipc.recv(timeout=0)).body for _ in range(2)]
+
+    assert run(tiny_backend, body) == ["keep me", "and me"]
