@@ -41,6 +41,7 @@ class LoadResult:
     agents_per_s: float
     tokens: int
     tokens_per_s: float
+    latency_min_s: float
     latency_p50_s: float
     latency_p99_s: float
     latency_max_s: float
@@ -107,7 +108,7 @@ async def run_load(socket: Path, token: str, daemon_pid: int, clients: int, max_
     return LoadResult(
         clients=clients, rounds=rounds, max_tokens=max_tokens, completed=len(latencies), failed=failed,
         wall_s=round(wall, 2), agents_per_s=round(len(latencies) / wall, 2), tokens=tokens,
-        tokens_per_s=round(tokens / wall, 1), latency_p50_s=round(_quantile(latencies, 0.5), 2),
+        tokens_per_s=round(tokens / wall, 1), latency_min_s=round(latencies[0] if latencies else 0, 2), latency_p50_s=round(_quantile(latencies, 0.5), 2),
         latency_p99_s=round(_quantile(latencies, 0.99), 2), latency_max_s=round(latencies[-1] if latencies else 0, 2),
         rss_base_mb=round(base), rss_peak_mb=round(peak), rss_after_round_mb=[round(a) for a in after],
     )
