@@ -73,7 +73,7 @@ class Kernel:
         self.procs = ProcessTable(config.max_processes)
         self.events = EventBus()
         self.embedder = Embedder()  # loaded on first use (memory, knowledge base)
-        self.memory = Memory(backend.encode, backend.decode, self.embedder)  # opens its store on first use
+        self.memory = Memory(backend.encode, backend.decode, self.embedder, config.memory)  # opens its store on first use
         self.handle_factory = handle_factory
         self.caps: dict[int, Capabilities] = {}
         self.audit = AuditLog()  # every syscall, one JSON line

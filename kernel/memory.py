@@ -37,6 +37,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
+from llmos.config import MemoryConfig
 from llmos.kernel.embeddings import Embedder
 from llmos.kernel.pagetable import Page, PageTable, cut, make_policy
 from llmos.kernel.swap import Stored, Swap, content_words, relevance
@@ -46,23 +47,6 @@ SEARCH_POOL = 32  # nearest pages fetched before re-ranking
 PAGE_CLUSTER = 8  # pages written together at a page-out (victims first, then the next in line)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{2,63}")
 LATENCY_SAMPLES = 4096
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)
-
-
-@dataclass
-class MemoryConfig:
-    page_tokens: int = field(default_factory=lambda: _env_int("LLMOS_MEM_PAGE_TOKENS", 128))
-    budget: int = field(default_factory=lambda: _env_int("LLMOS_MEM_BUDGET", 2048))  # per memory
-    global_budget: int = field(default_factory=lambda: _env_int("LLMOS_MEM_GLOBAL_BUDGET", 65536))
-    policy: str = field(default_factory=lambda: os.environ.get("LLMOS_MEM_POLICY") or "clock")
-    fault_pages: int = 4  # at most this many pages paged in per turn
-    min_relevance: float = 0.3  # below this a page is not relevant to a turn (hybrid score)
-    low_water: float = 0.75  # eviction frees down to this share of a budget
-    chroma_url: str | None = field(default_factory=lambda: os.environ.get("LLMOS_CHROMA_URL") or None)
-    chroma_path: Path | None = None  # the embedded store's folder; default <data dir>/chroma
 
 
 class NoSuchPage(LookupError):

@@ -1,7 +1,8 @@
 """Where llmos keeps its files and which knobs the kernel starts with.
 
 Every setting has an environment variable so that operators and tests can move things
-without touching code: LLMOS_HOME (data), LLMOS_CACHE (converted weights), LLMOS_MODEL.
+without touching code: LLMOS_HOME (data), LLMOS_CACHE (converted weights), LLMOS_MODEL,
+LLMOS_DTYPE, LLMOS_THREADS, and LLMOS_MEM_* / LLMOS_CHROMA_URL for memory.
 """
 
 from __future__ import annotations
@@ -30,6 +31,25 @@ def _folder(own_env: str, xdg_env: str, xdg_default: str) -> Path:
     return path
 
 
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+@dataclass
+class MemoryConfig:
+    """Virtual context memory (kernel/memory.py): page size, budgets in tokens, where pages swap."""
+
+    page_tokens: int = field(default_factory=lambda: _env_int("LLMOS_MEM_PAGE_TOKENS", 128))
+    budget: int = field(default_factory=lambda: _env_int("LLMOS_MEM_BUDGET", 2048))  # per memory
+    global_budget: int = field(default_factory=lambda: _env_int("LLMOS_MEM_GLOBAL_BUDGET", 65536))
+    policy: str = field(default_factory=lambda: os.environ.get("LLMOS_MEM_POLICY") or "clock")
+    fault_pages: int = 4  # at most this many pages paged in per turn
+    min_relevance: float = 0.3  # below this a page is not relevant to a turn (hybrid score)
+    low_water: float = 0.75  # eviction frees down to this share of a budget
+    chroma_url: str | None = field(default_factory=lambda: os.environ.get("LLMOS_CHROMA_URL") or None)
+    chroma_path: Path | None = None  # the embedded store's folder; default <data dir>/chroma
+
+
 @dataclass
 class KernelConfig:
     """Start-up settings of one kernel; fixed for its lifetime."""
@@ -46,3 +66,4 @@ class KernelConfig:
     prefix_sharing: bool = True  # new contexts copy a shared prefix's KV instead of computing it
     max_processes: int = 1024
     threads: int = field(default_factory=lambda: int(os.environ.get("LLMOS_THREADS", "0")))
+    memory: MemoryConfig = field(default_factory=MemoryConfig)

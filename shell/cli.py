@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from llmos.config import KernelConfig
+from llmos.kernel.pagetable import POLICIES as PAGE_POLICIES
 from llmos.kernel.scheduler import POLICIES
 
 
@@ -19,6 +20,12 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantum", type=int, default=32, help="tokens per time slice before preemption")
     g.add_argument("--kv-budget-mb", type=float, default=4096.0, help="retained KV cache of all processes, MB")
     g.add_argument("--kv-eviction", choices=["drop", "compress"], default="drop", help="what eviction does to a KV cache")
+    m = p.add_argument_group("memory (defaults from LLMOS_MEM_* and LLMOS_CHROMA_URL)")
+    m.add_argument("--mem-page-tokens", type=int, help="tokens per context page (128)")
+    m.add_argument("--mem-budget", type=int, help="resident tokens per process memory (2048)")
+    m.add_argument("--mem-global-budget", type=int, help="resident tokens of all memories together (65536)")
+    m.add_argument("--mem-policy", choices=list(PAGE_POLICIES), help="page replacement policy (clock)")
+    m.add_argument("--chroma-url", help="swap pages to this chroma server instead of the embedded store")
 
 
 def config_from(args: argparse.Namespace) -> KernelConfig:
@@ -31,6 +38,10 @@ def config_from(args: argparse.Namespace) -> KernelConfig:
     )
     if args.model:
         cfg.model = args.model
+    for flag, name in (("mem_page_tokens", "page_tokens"), ("mem_budget", "budget"), ("mem_global_budget", "global_budget"),
+                       ("mem_policy", "policy"), ("chroma_url", "chroma_url")):
+        if getattr(args, flag) is not None:
+            setattr(cfg.memory, name, getattr(args, flag))
     return cfg
 
 

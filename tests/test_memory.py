@@ -451,3 +451,20 @@ def _no_chroma_url(monkeypatch):
 
 if os.environ.get("LLMOS_CHROMA_URL"):  # the tests here are about the embedded store
     pytestmark = pytest.mark.skip("LLMOS_CHROMA_URL is set")
+
+
+def test_memory_settings_come_from_the_command_line_into_the_kernel(tiny_backend):
+    from llmos.shell.cli import build_parser, config_from
+
+    args = build_parser().parse_args(
+        ["demo", "--mem-page-tokens", "64", "--mem-budget", "512", "--mem-policy", "lru", "--chroma-url", "http://localhost:9"]
+    )
+    config = config_from(args)
+    assert (config.memory.page_tokens, config.memory.budget, config.memory.policy) == (64, 512, "lru")
+
+    async def main():
+        async with kernel_with(tiny_backend, memory=config.memory) as kernel:
+            return kernel.memory.config, type(kernel.memory.policy).__name__
+
+    memory, policy = trio.run(main)
+    assert memory.chroma_url == "http://localhost:9" and memory.budget == 512 and policy == "LRU"
