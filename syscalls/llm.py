@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from llmos.kernel.engine import ContextTooLong
 from llmos.kernel.events import Event
+from llmos.kernel.quota import tokens_used
 from llmos.kernel.sampling import SamplingParams
 from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import Call, syscall
@@ -65,6 +66,15 @@ async def chat(call: Call, req: ChatRequest) -> ChatResponse:
         seq = kernel.engine.submit_chat(proc, [m.model_dump() for m in req.messages], params)
     except ContextTooLong as exc:
         raise SyscallError(Errno.E2BIG, str(exc)) from None
+    quota = kernel.caps[proc.pid].quota
+    if quota.max_tokens is not None:
+        # Generate at most one token past the quota (prompt included): that token exceeds it
+        # and kills the process as it arrives, so the bill is never more than the limit + 1.
+        # (Nothing has run yet: the engine steps only when this task yields.)
+        seq.params.max_tokens = min(seq.params.max_tokens, max(1, quota.max_tokens - tokens_used(proc) + 1))
+        if not kernel.enforce_quota(proc):  # the prompt alone went over
+            kernel.engine.release(seq)
+            raise SyscallError(Errno.EKILLED, f"process {proc.pid} has been killed: {proc.kill_reason}")
     try:
         async for delta in kernel.engine.output(seq):
             if not kernel.enforce_quota(proc):  # max_tokens: stop generating at once

@@ -234,7 +234,7 @@ def test_quota_max_tokens_stops_generation(tiny_backend):
 
     status, used, queued = run(tiny_backend, body)
     assert status.exit_code == EXIT_QUOTA and status.reason.startswith("quota exceeded: max_tokens 60")
-    assert 60 < used < 70 and queued == 0  # stopped within a token or two; left the batch
+    assert used == 61 and queued == 0  # killed by the first token over the limit; left the batch
 
 
 def test_child_quota_never_exceeds_what_the_parent_has_left(tiny_backend):
@@ -269,3 +269,15 @@ def test_memory_pages_hook_kills_over_quota(tiny_backend):
     within, over, code, reason = run(tiny_backend, body)
     assert within and not over
     assert code == EXIT_QUOTA and reason == "quota exceeded: max_memory_pages 8 (wanted 9)"
+
+
+def test_quota_max_tokens_a_prompt_alone_over_it_is_never_generated(tiny_backend):
+    async def body(kernel, sh):
+        pid = await sh.proc.spawn(prog("talker"), "50", quota={"max_tokens": 5})
+        status = await sh.proc.wait(pid)
+        proc = kernel.procs.lookup(pid)
+        return status, proc.generated_tokens
+
+    status, generated = run(tiny_backend, body)
+    assert status.exit_code == EXIT_QUOTA and status.reason.startswith("quota exceeded: max_tokens 5")
+    assert generated == 0
