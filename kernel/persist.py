@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -93,6 +94,7 @@ class Journal:
         self._next_pid = 0
         self._mail: dict[int, tuple[int, Message]] = {}  # id(message) -> (row id, message)
         self.failures = 0
+        self.last_error: str | None = None  # the latest failed commit, shown by kernel.stat
 
     # -- writing --------------------------------------------------------------------------
 
@@ -136,6 +138,7 @@ class Journal:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_pid', ?)", (str(next_pid),))
         except sqlite3.Error as exc:  # the kernel goes on; the operator is told
             self.failures += 1
+            self.last_error = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {exc}"
             self._written.clear()  # write everything again next time
             self._logged.clear()
             print(f"llmos journal: commit failed: {exc}", file=sys.stderr)

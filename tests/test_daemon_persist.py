@@ -220,3 +220,25 @@ async def _state(sys, pid: int, state: ProcState) -> bool:
 
 async def _generated(sys, pid: int, n: int) -> bool:
     return any(p.pid == pid and p.generated_tokens >= n for p in await sys.proc.ps())
+
+
+def test_a_failing_journal_is_reported_and_caught_up(tiny_backend):
+    """A commit that fails (disk full, read-only) does not stop the kernel: kernel.stat says
+    so, and the next successful commit writes everything that was missed."""
+    home = short_home()
+
+    async def main():
+        async with daemon_with(tiny_backend, home=home) as d:
+            async with llmos.connect(d.settings.socket_path, d.token) as sys:
+                d.journal.db.execute("PRAGMA query_only=1")  # every write now fails
+                pid = await sys.proc.spawn(prog("exiter"))
+                await until(lambda: _state(sys, pid, ProcState.ZOMBIE))
+                failed = await sys.call("kernel.stat")
+                d.journal.db.execute("PRAGMA query_only=0")
+                await sys.proc.getpid()  # any syscall commits
+                rows = d.journal.db.execute("SELECT pid FROM procs WHERE pid = ?", (pid,)).fetchall()
+                return failed, rows, pid
+
+    failed, rows, pid = trio.run(main)
+    assert failed.journal_failures >= 1 and "readonly" in failed.journal_error
+    assert rows == [(pid,)]
