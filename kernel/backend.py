@@ -60,6 +60,11 @@ class Backend:
             dtype=next(model.parameters()).dtype,
         )
         self.max_context = int(getattr(cfg, "max_position_embeddings", 2048))
+        window = getattr(cfg, "sliding_window", None)
+        if window and getattr(cfg, "use_sliding_window", True):
+            # Our attention sees every stored position; within the window that is exactly what
+            # sliding-window attention computes, beyond it it is not: contexts stop there.
+            self.max_context = min(self.max_context, int(window))
         self.eos_ids = frozenset(_eos_ids(model, tokenizer))
         # Llama-family models get the lean forward; anything else runs transformers' forward
         # with our attention plugged in.

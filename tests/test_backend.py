@@ -3,6 +3,7 @@ chunked prefill, sampling and stop strings."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import trio
 
@@ -11,6 +12,7 @@ from llmos.kernel.backend import WorkItem
 from llmos.kernel.sampling import SamplingParams, make_generator, sample
 from llmos.kernel.sequence import _safe_prefix
 from llmos.runtime import session
+from llmos.syscalls.errors import Errno, SyscallError
 
 PROMPTS = ["What is the capital of France?", "Name three colors.", "Write one sentence about the sea."]
 
@@ -246,3 +248,30 @@ def test_evicting_a_seated_cache_frees_its_seat(tiny_backend):
     assert slot is not None and tiny_backend.slab.owner(slot) is kv
     kv.drop()
     assert tiny_backend.slab.owner(slot) is None
+
+
+def test_sliding_window_models_are_exact_within_the_window_and_stop_there(tiny_backend):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from llmos.kernel.backend import Backend
+
+    tokenizer = tiny_backend.tokenizer
+    torch.manual_seed(0)
+    cfg = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, sliding_window=96,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    backend = Backend(MistralForCausalLM(cfg).eval(), tokenizer, "tiny-mistral")
+    assert backend.runner is None and backend.max_context == 96
+    ids = backend.encode("a short prompt about windows")
+    assert greedy(backend, ids, 10) == backend.hf_generate(ids, 10, ignore_eos=True)
+
+    async def main():
+        async with kernel_with(backend) as kernel:
+            with pytest.raises(SyscallError) as info:
+                await session(kernel, "w").llm.chat("word " * 200, max_tokens=4)
+            return info.value
+
+    err = trio.run(main)
+    assert err.errno is Errno.E2BIG and "holds 96" in str(err)
