@@ -46,6 +46,12 @@ class Sequence:
     cached_tokens: int = 0  # prompt tokens whose KV was already retained when it was submitted
     text: str = ""  # output text released so far (stop strings never appear in it)
     generator: torch.Generator = field(init=False)
+    # Incremental detokenization (as vLLM does it): `_stable` is the text of output_ids[:_read],
+    # final; only the tokens from `_prefix` on are decoded again, so a token costs O(1), not a
+    # decode of the whole output.
+    _stable: str = field(default="", init=False, repr=False)
+    _prefix: int = field(default=0, init=False, repr=False)
+    _read: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.generator = make_generator(self.params.seed)
@@ -72,16 +78,30 @@ class Sequence:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
         if token_id in self.eos_ids and not self.params.ignore_eos:
-            return self._finish("stop", self.decode(self.output_ids))
+            return self._finish("stop", self._full_text())
         self.output_ids.append(token_id)
-        full = self.decode(self.output_ids)
+        searched = len(self._stable)
+        full = self._full_text()
         for stop in self.params.stop:
-            cut = full.find(stop)
+            cut = full.find(stop, max(0, searched - len(stop)))  # text before it was searched already
             if cut != -1:
                 return self._finish("stop", full[:cut])
         if len(self.output_ids) >= self.params.max_tokens:
             return self._finish("length", full)
         return self._release(_safe_prefix(full, self.params.stop))
+
+    def _full_text(self) -> str:
+        """The text of all output tokens; advances the stable part when the new tokens decode to
+        whole characters (a multi-byte character split across tokens decodes to U+FFFD)."""
+        ids = self.output_ids
+        before = self.decode(ids[self._prefix : self._read])  # decoded with its left context,
+        after = self.decode(ids[self._prefix :])  # so word-initial spaces come out right
+        tail = after[len(before) :]
+        if tail and not tail.endswith("\ufffd"):
+            self._stable += tail
+            self._prefix, self._read = self._read, len(ids)
+            return self._stable
+        return self._stable + tail
 
     def _release(self, upto: str) -> str:
         if len(upto) <= len(self.text):

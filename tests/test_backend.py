@@ -275,3 +275,17 @@ def test_sliding_window_models_are_exact_within_the_window_and_stop_there(tiny_b
 
     err = trio.run(main)
     assert err.errno is Errno.E2BIG and "holds 96" in str(err)
+
+
+def test_incremental_detokenization_equals_decoding_everything(real_backend):
+    from llmos.kernel.sampling import SamplingParams
+    from llmos.kernel.sequence import Sequence
+
+    text = "Héllo wörld — naïve café. 東京は大きい。 Emoji: 🚀🔥👩‍💻! Code: `x = {'a': [1, 2]}`\n\ttabs  and  spaces."
+    ids = real_backend.encode(text)
+    seq = Sequence(None, [1], SamplingParams(max_tokens=10_000), None, real_backend.decode, frozenset())  # type: ignore[arg-type]
+    released = ""
+    for i, token in enumerate(ids):
+        released += seq.append(token)
+        assert seq._full_text() == real_backend.decode(ids[: i + 1])
+    assert released == real_backend.decode(ids) == seq.text
