@@ -110,7 +110,7 @@ class Backend:
         thread that owns them (the kernel loop), never while a forward pass is in flight."""
         for item in items:
             item.kv.reserve(item.kv.length + len(item.tokens))
-        decoders = [item for item in items if len(item.tokens) == 1]
+        decoders = _worth_batching([item for item in items if len(item.tokens) == 1])
         seated = bool(decoders) and self.slab.seat([d.kv for d in decoders], [d.kv.length + 1 for d in decoders])
         if seated:
             decoders.sort(key=lambda d: d.kv.slot)  # type: ignore[arg-type, return-value]
@@ -172,6 +172,31 @@ class Backend:
             self.model.set_attn_implementation(attention.ATTN_NAME)
         new = out[0, len(prompt_ids) :].tolist()
         return new[:-1] if new and new[-1] in self.eos_ids and not ignore_eos else new
+
+
+# Measured on this model's shapes: one attention call costs about as much as reading 470 more
+# key/value positions (0.09 us each per layer at 32 seats).
+CALL_COST_POSITIONS = 470
+
+
+def _worth_batching(decoders: list[WorkItem]) -> list[WorkItem]:
+    """The decoders to attend together in the slab. A batched call reads every seat up to the
+    longest context in it, so one long context among short ones would make every seat read
+    that far; the longest ones are attended alone when that costs less, by a simple model:
+    batching the k shortest costs k x (longest of them), each one left out costs its own
+    length plus the cost of a call."""
+    if len(decoders) < 2:
+        return decoders
+    ordered = sorted(decoders, key=lambda d: d.kv.length)
+    needs = [d.kv.length + 1 for d in ordered]
+    alone = [n + CALL_COST_POSITIONS for n in needs]
+    best_k, best_cost, left_out = len(needs), len(needs) * needs[-1], 0
+    for k in range(len(needs) - 1, 0, -1):  # k shortest batched, the rest alone
+        left_out += alone[k]
+        cost = k * needs[k - 1] + left_out
+        if cost < best_cost:
+            best_k, best_cost = k, cost
+    return ordered[:best_k]
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -198,11 +198,15 @@ class DecodeSlab:
         return True
 
     def finite(self, seats: int, length: int) -> None:
-        """Make positions [0, length) of seats [0, seats) safe to read."""
+        """Make positions [0, length) of seats [0, seats) safe to read. What a seat's owner
+        stores is never touched: it may have been written outside the slab's batch (a prompt
+        chunk of a seated process goes through its `buf`, a view of the seat)."""
         for slot in range(seats):
-            if self._finite[slot] < length:
-                self.data[:, :, slot, :, self._finite[slot] : length] = 0
-                self._finite[slot] = length
+            owner = self.owner(slot)
+            done = max(self._finite[slot], owner.length if owner is not None else 0)
+            if done < length:
+                self.data[:, :, slot, :, done:length] = 0
+            self._finite[slot] = max(done, length)
 
     def _unseat(self, kv: SequenceKV) -> None:
         kv.move_to(kv._alloc(max(kv.length, 1)))

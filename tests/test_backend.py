@@ -289,3 +289,67 @@ def test_incremental_detokenization_equals_decoding_everything(real_backend):
         released += seq.append(token)
         assert seq._full_text() == real_backend.decode(ids[: i + 1])
     assert released == real_backend.decode(ids) == seq.text
+
+
+def test_a_long_context_is_attended_alone_and_the_rest_together(tiny_backend):
+    from types import SimpleNamespace
+
+    from llmos.kernel.backend import _worth_batching
+
+    def items(*lengths):
+        return [SimpleNamespace(kv=SimpleNamespace(length=n)) for n in lengths]
+
+    mixed = items(*([100] * 31 + [2000]))
+    assert sorted(d.kv.length for d in _worth_batching(mixed)) == [100] * 31
+    assert len(_worth_batching(items(*([200] * 32)))) == 32
+
+    # End to end: a long decoder among short ones gives the tokens it gives alone.
+    long_ids = tiny_backend.encode("long context " * 160)
+    reference = greedy(tiny_backend, long_ids, 6)
+    shorts = [_start(tiny_backend, f"short {i}") for i in range(3)]
+    alone_shorts = []
+    for i in range(3):
+        pair = _start(tiny_backend, f"short {i}")
+        _decode(tiny_backend, [pair], 6)
+        alone_shorts.append(pair[1])
+    long_kv = tiny_backend.new_kv()
+    logits = tiny_backend.step([WorkItem(long_kv, long_ids, True)])
+    long_out = [int(logits[0].argmax())]
+    for _ in range(6):
+        logits = tiny_backend.step(
+            [WorkItem(long_kv, [long_out[-1]], True)] + [WorkItem(kv, [out[-1]], True) for kv, out in shorts]
+        )
+        long_out.append(int(logits[0].argmax()))
+        for row, (_, out) in zip(logits[1:], shorts):
+            out.append(int(row.argmax()))
+    assert long_out[:6] == reference
+    assert [out for _, out in shorts] == alone_shorts
+    assert long_kv.slot is None  # it was not seated
+
+
+def test_a_seated_process_prefilling_beside_longer_decoders_keeps_its_cache(tiny_backend):
+    """A seated process's next prompt is prefilled through its seat; the batch of the other
+    decoders, growing past it, must not clear those positions when it makes seats safe to read."""
+    from llmos.kernel.backend import Backend
+
+    turn = tiny_backend.encode(" and then another question comes along " * 4)
+
+    def run(backend, with_neighbour: bool) -> torch.Tensor:
+        kv, out = _start(backend, "first turn")
+        _decode(backend, [(kv, out)], 2)  # seated
+        neighbour = _start(backend, "hi") if with_neighbour else None
+        pending = [out[-1]] + turn
+        rows = []
+        for start in range(0, len(pending), 4):  # small chunks: the neighbour's context grows into ours
+            items = [WorkItem(kv, pending[start : start + 4], True)]
+            if neighbour is not None:
+                items.append(WorkItem(neighbour[0], [neighbour[1][-1]], True))
+            logits = backend.step(items)
+            rows.append(logits[0])
+            if neighbour is not None:
+                neighbour[1].append(int(logits[-1].argmax()))
+        return torch.stack(rows)
+
+    fresh = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-fresh-2")
+    fresh.slab.data.fill_(float("nan"))
+    assert torch.allclose(run(fresh, with_neighbour=True), run(tiny_backend, with_neighbour=False), atol=1e-5)
