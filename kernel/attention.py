@@ -5,8 +5,9 @@ process plus a chunk of prompt for a process that is prefilling (vLLM's packed l
 projections and MLP see every token in one matmul. Attention is where sequences differ:
   - decoders seated in the `DecodeSlab` are attended together, one call per layer, each seat
     masked to its own stored positions (`DecodeBatch`);
-  - everything else (prompt chunks, contexts too long for the slab) is attended per segment,
-    each against its own `SequenceKV` in place.
+  - everything else (prompt chunks; a context longer than the slab takes, or so much longer
+    than the others that batching it would make every seat read that far) is attended per
+    segment, each against its own `SequenceKV` in place.
 Masked positions contribute exact zeros, so a process's attention is computed as it would be
 alone.
 

@@ -108,10 +108,10 @@ class Backend:
     def plan(self, items: list[WorkItem]) -> StepPlan:
         """Make room in every cache and seat the decoders. This moves caches, so it runs on the
         thread that owns them (the kernel loop), never while a forward pass is in flight."""
-        for item in items:
-            item.kv.reserve(item.kv.length + len(item.tokens))
         decoders = _worth_batching([item for item in items if len(item.tokens) == 1])
         seated = bool(decoders) and self.slab.seat([d.kv for d in decoders], [d.kv.length + 1 for d in decoders])
+        for item in items:  # after seating: a reclaimed seat's cache moved out with no room to spare
+            item.kv.reserve(item.kv.length + len(item.tokens))
         if seated:
             decoders.sort(key=lambda d: d.kv.slot)  # type: ignore[arg-type, return-value]
             first = {id(d): row for row, d in enumerate(decoders)}

@@ -353,3 +353,23 @@ def test_a_seated_process_prefilling_beside_longer_decoders_keeps_its_cache(tiny
     fresh = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-fresh-2")
     fresh.slab.data.fill_(float("nan"))
     assert torch.allclose(run(fresh, with_neighbour=True), run(tiny_backend, with_neighbour=False), atol=1e-5)
+
+
+def test_a_prompt_chunk_whose_seat_is_reclaimed_in_the_same_step_still_fits(tiny_backend):
+    from llmos.kernel.backend import Backend
+
+    from llmos.kernel.kvcache import GROWTH
+
+    one_seat = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-1-seat", slots=1)
+    first = " ".join(f"w{i}" for i in range(400))
+    first = one_seat.decode(one_seat.encode(first)[: GROWTH - 10])  # just under one growth step
+    long = _start(one_seat, " ".join(f"w{i}" for i in range(200)))
+    assert long[0].length > GROWTH
+    _decode(one_seat, [long], 1)  # the slab grows past one growth step
+    a, b = _start(one_seat, first), _start(one_seat, "second")
+    _decode(one_seat, [a], 1)  # a holds the only seat; its next turn fits in the seat
+    turn = one_seat.encode(" a new turn for the first process" * 3)
+    assert a[0].length + 1 + len(turn) > GROWTH  # more than a cache moved out just as it is holds
+    # b decodes (takes a's seat) while a prefills its next turn in the same step.
+    logits = one_seat.step([WorkItem(b[0], [b[1][-1]], True), WorkItem(a[0], [a[1][-1]] + turn, True)])
+    assert logits.shape[0] == 2 and b[0].slot == 0 and a[0].slot is None
