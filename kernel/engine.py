@@ -30,6 +30,7 @@ class EngineStats:
     tokens_generated: int = 0
     tokens_prefilled: int = 0
     busy_time: float = 0.0  # seconds inside forward passes
+    failed_steps: int = 0  # forward passes that raised; their requests failed with EIO
     batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
 
     def note_batch(self, n: int) -> None:
@@ -129,10 +130,26 @@ class Engine:
             return False
         items = [WorkItem(s.seq.kv, s.seq.pending(s.n_tokens), s.want_logits) for s in plan]
         started = time.monotonic()
-        layout = self.backend.plan(items)  # moves caches: here, not in the worker thread
-        tokens = await trio.to_thread.run_sync(self._forward, plan, layout)
+        try:
+            layout = self.backend.plan(items)  # moves caches: here, not in the worker thread
+            tokens = await trio.to_thread.run_sync(self._forward, plan, layout)
+        except Exception as exc:  # out of memory, a bug: the requests in this step fail, not the kernel
+            self._fail_step(plan, f"{type(exc).__name__}: {exc}")
+            return True
         self._finish_step(plan, items, tokens, time.monotonic() - started)
         return True
+
+    def _fail_step(self, plan: list[Scheduled], error: str) -> None:
+        self.stats.failed_steps += 1
+        for s in plan:
+            seq = s.seq
+            seq.kv.drop()  # it may be half written; the process prefills again next time
+            seq.error = error
+            seq.status, seq.finish_reason = SeqStatus.FINISHED, "error"
+            self.scheduler.remove(seq)
+            send = self._channels.get(id(seq))
+            if send is not None:
+                send.close()
 
     def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
         logits = self.backend.run(layout)

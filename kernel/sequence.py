@@ -38,7 +38,8 @@ class Sequence:
     eos_ids: frozenset[int]
     output_ids: list[int] = field(default_factory=list)
     status: SeqStatus = SeqStatus.WAITING
-    finish_reason: str | None = None  # stop | length | cancelled
+    finish_reason: str | None = None  # stop | length | cancelled | error
+    error: str | None = None  # why the engine failed it (finish_reason "error")
     arrived: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     slice_tokens: int = 0  # tokens decoded since it last entered the batch

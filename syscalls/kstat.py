@@ -28,6 +28,7 @@ class KernelStat(BaseModel):
     kv_budget_bytes: int
     kv_evictions: int
     shared_prefix_tokens: int
+    failed_steps: int = 0  # forward passes that raised (their requests got EIO; the kernel went on)
     journal_failures: int = 0  # failed commits of the daemon's journal (state not on disk)
     journal_error: str | None = None  # the latest of them
 
@@ -55,6 +56,7 @@ async def stat(call: Call, req: Empty) -> KernelStat:
         kv_budget_bytes=k.engine.pool.budget_bytes,
         kv_evictions=k.engine.pool.stats.evictions,
         shared_prefix_tokens=k.engine.pool.stats.shared_prefix_tokens,
+        failed_steps=getattr(s, "failed_steps", 0),
         journal_failures=k.journal.failures if k.journal is not None else 0,
         journal_error=k.journal.last_error if k.journal is not None else None,
     )

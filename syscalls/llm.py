@@ -84,6 +84,8 @@ async def chat(call: Call, req: ChatRequest) -> ChatResponse:
                 await call.send(ChatChunk(delta=delta))
     finally:
         kernel.engine.release(seq)
+    if seq.error is not None:
+        raise SyscallError(Errno.EIO, f"the model failed on this request: {seq.error}")
     kernel.events.publish(Event(proc.pid, "text", "\n"))
     proc.write_log("llm", f"[{len(seq.output_ids)} tokens, {seq.finish_reason}] {seq.text}")
     return ChatResponse(

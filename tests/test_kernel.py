@@ -7,7 +7,7 @@ import os
 import pytest
 import trio
 
-from conftest import errno_of, prog, run
+from conftest import errno_of, kernel_with, prog, run
 from llmos.kernel.process import ProcState
 from llmos.runtime import session
 from llmos.syscalls.errors import Errno, SyscallError
@@ -228,3 +228,33 @@ def test_orphan_zombies_are_bounded(tiny_backend, monkeypatch):
 
     in_table, codes = run(tiny_backend, body)
     assert sum(in_table) == 2 and codes == [0, 0, 0, 0]  # the two oldest were reaped, all readable
+
+
+def test_a_failing_forward_pass_fails_its_requests_not_the_kernel(tiny_backend):
+    from llmos.syscalls.errors import Errno, SyscallError
+
+    real_run = tiny_backend.run
+    calls = {"n": 0}
+
+    def flaky(plan):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise MemoryError("out of memory in this step")
+        return real_run(plan)
+
+    async def main():
+        async with kernel_with(tiny_backend) as kernel:
+            sh = session(kernel, "flaky")
+            tiny_backend.run = flaky
+            try:
+                with pytest.raises(SyscallError) as info:
+                    await sh.llm.chat("hello there", max_tokens=8)
+                again = await sh.llm.chat("hello there", max_tokens=4, ignore_eos=True)
+            finally:
+                tiny_backend.run = real_run
+            stat = await sh.call("kernel.stat")
+            return info.value, again, stat
+
+    err, again, stat = trio.run(main)
+    assert err.errno is Errno.EIO and "out of memory in this step" in str(err)
+    assert again.usage.completion_tokens == 4 and stat.failed_steps == 1
