@@ -64,6 +64,9 @@ class SequenceKV:
 
     @property
     def nbytes(self) -> int:
+        if self.slot is not None:
+            # A seat is as long as the slab's longest; this cache uses what it stores.
+            return _round_up(self.length) * self.shape.bytes_per_token
         packed = self.packed.numel() * self.packed.element_size() if self.packed is not None else 0
         return self.buf.numel() * self.buf.element_size() + packed
 
