@@ -176,8 +176,12 @@ class DecodeSlab:
         nothing changed) when they cannot all be seated: too many, or a context too long."""
         if max(need, default=0) > self.max_tokens:
             return False
-        if max(need, default=0) > self.capacity or len(caches) > self.slots:
-            self._grow(max(need, default=0), len(caches))
+        longest = max(need + [kv.length for i in range(self.slots) if (kv := self.owner(i)) is not None])
+        if longest > self.capacity or len(caches) > self.slots:
+            self._resize(min(max(longest, self.capacity * 2), self.max_tokens), max(len(caches), self.slots))
+        elif self.capacity > GROWTH and self.capacity >= 4 * longest:
+            # The long contexts that grew it are gone: give the memory back.
+            self._resize(2 * longest, self.slots)
         wanted = {id(kv) for kv in caches}
         free = [i for i in range(self.slots) if self.owner(i) is None]
         # Reclaim the seats of caches not in this step, least recently used first.
@@ -214,18 +218,18 @@ class DecodeSlab:
     def _unseat(self, kv: SequenceKV) -> None:
         kv.move_to(kv._alloc(max(kv.length, 1)))
 
-    def _grow(self, tokens: int, slots: int) -> None:
-        tokens = max(tokens, self.capacity * 2) if tokens > self.capacity else self.capacity
-        grown = self._alloc(max(slots, self.slots), _round_up(min(tokens, self.max_tokens)))
-        self._owners += [None] * (grown.shape[2] - self.slots)
-        self._finite = [0] * grown.shape[2]
+    def _resize(self, tokens: int, slots: int) -> None:
+        """A new tensor of `slots` seats x `tokens` positions (rounded up); seated caches move."""
+        resized = self._alloc(slots, _round_up(tokens))
+        self._owners += [None] * (slots - self.slots)
+        self._finite = [0] * slots
         for slot in range(self.slots):
             kv = self.owner(slot)
             if kv is not None:
-                kv.move_to(grown[:, :, slot])  # copies only the positions it stores
+                kv.move_to(resized[:, :, slot])  # copies only the positions it stores
                 kv.slot = slot
                 self._finite[slot] = kv.length
-        self.data = grown
+        self.data = resized
 
 
 @dataclass

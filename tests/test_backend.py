@@ -373,3 +373,23 @@ def test_a_prompt_chunk_whose_seat_is_reclaimed_in_the_same_step_still_fits(tiny
     # b decodes (takes a's seat) while a prefills its next turn in the same step.
     logits = one_seat.step([WorkItem(b[0], [b[1][-1]], True), WorkItem(a[0], [a[1][-1]] + turn, True)])
     assert logits.shape[0] == 2 and b[0].slot == 0 and a[0].slot is None
+
+
+def test_the_slab_gives_memory_back_when_long_contexts_are_gone(tiny_backend):
+    from llmos.kernel.backend import Backend
+    from llmos.kernel.kvcache import GROWTH
+
+    fresh = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-shrink")
+    ids = fresh.encode(" ".join(f"w{i}" for i in range(400)))[: 3 * GROWTH - 20]
+    long_kv = fresh.new_kv()
+    logits = fresh.step([WorkItem(long_kv, ids, True)])
+    fresh.step([WorkItem(long_kv, [int(logits[0].argmax())], True)])
+    assert fresh.slab.capacity >= 3 * GROWTH - 19
+    long_kv.drop()  # the process exited, or its cache was evicted
+
+    short = _start(fresh, "short again")
+    _decode(fresh, [short], 6)
+    assert fresh.slab.capacity == GROWTH
+    alone = _start(tiny_backend, "short again")
+    _decode(tiny_backend, [alone], 6)
+    assert short[1] == alone[1]
