@@ -146,10 +146,7 @@ class Engine:
             seq.kv.drop()  # it may be half written; the process prefills again next time
             seq.error = error
             seq.status, seq.finish_reason = SeqStatus.FINISHED, "error"
-            self.scheduler.remove(seq)
-            send = self._channels.get(id(seq))
-            if send is not None:
-                send.close()
+            self._retire(seq)
 
     def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
         logits = self.backend.run(layout)
@@ -187,7 +184,12 @@ class Engine:
             if delta and send is not None:
                 send.send_nowait(delta)
             if seq.status is SeqStatus.FINISHED:
-                self.scheduler.remove(seq)
-                if send is not None:
-                    send.close()
+                self._retire(seq)
+
+    def _retire(self, seq: Sequence) -> None:
+        """A finished sequence leaves the batch; its reader sees the end of its text."""
+        self.scheduler.remove(seq)
+        send = self._channels.get(id(seq))
+        if send is not None:
+            send.close()
 

@@ -43,3 +43,8 @@ class SyscallError(Exception):
     @classmethod
     def from_info(cls, info: ErrorInfo) -> "SyscallError":
         return cls(info.errno, info.message, info.details)
+
+
+def killed(pid: int, reason: str | None) -> SyscallError:
+    """What a call of a process that has been killed (by a signal or its quota) gets."""
+    return SyscallError(Errno.EKILLED, f"process {pid} has been killed: {reason}")

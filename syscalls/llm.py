@@ -11,7 +11,7 @@ from llmos.kernel.engine import ContextTooLong
 from llmos.kernel.events import Event
 from llmos.kernel.quota import tokens_used
 from llmos.kernel.sampling import SamplingParams
-from llmos.syscalls.errors import Errno, SyscallError
+from llmos.syscalls.errors import Errno, SyscallError, killed
 from llmos.syscalls.table import Call, syscall
 
 MAX_MESSAGE_CHARS = 200_000
@@ -74,11 +74,11 @@ async def chat(call: Call, req: ChatRequest) -> ChatResponse:
         seq.params.max_tokens = min(seq.params.max_tokens, max(1, quota.max_tokens - tokens_used(proc) + 1))
         if not kernel.enforce_quota(proc):  # the prompt alone went over
             kernel.engine.release(seq)
-            raise SyscallError(Errno.EKILLED, f"process {proc.pid} has been killed: {proc.kill_reason}")
+            raise killed(proc.pid, proc.kill_reason)
     try:
         async for delta in kernel.engine.output(seq):
             if not kernel.enforce_quota(proc):  # max_tokens: stop generating at once
-                raise SyscallError(Errno.EKILLED, f"process {proc.pid} has been killed: {proc.kill_reason}")
+                raise killed(proc.pid, proc.kill_reason)
             kernel.events.publish(Event(proc.pid, "text", delta))
             if req.stream:
                 await call.send(ChatChunk(delta=delta))

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmos.kernel.kernel import Kernel, ProcessExit
 from llmos.kernel.process import Process
-from llmos.syscalls.errors import Errno, SyscallError
+from llmos.syscalls.errors import Errno, SyscallError, killed
 
 Emit = Callable[[BaseModel], Awaitable[None]]
 
@@ -122,10 +122,10 @@ async def _dispatch(kernel: Kernel, pid: int, name: Any, args: Any, emit: Emit |
     if proc is None or not proc.alive:
         raise SyscallError(Errno.ESRCH, f"calling process {pid} does not exist")
     if proc.killed:
-        raise SyscallError(Errno.EKILLED, f"process {pid} has been killed: {proc.kill_reason}")
+        raise killed(pid, proc.kill_reason)
     proc.syscalls += 1
     if not kernel.enforce_quota(proc):
-        raise SyscallError(Errno.EKILLED, f"process {pid} has been killed: {proc.kill_reason}")
+        raise killed(pid, proc.kill_reason)
     entry = lookup(kernel, name)
     request = validate(entry, args)
     if not kernel.caps[pid].allows(entry.name):
