@@ -41,16 +41,17 @@ class Linear:
     PACK_FOR_ROWS = 32  # the batch size the blocking is tuned for
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        self.weight = weight.detach()
+        weight = weight.detach()
         self.bias = bias.detach() if bias is not None else None
         self.packed: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = weight  # only kept when the packed copy is not used
         try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, self.PACK_FOR_ROWS)
-            probe = torch.randn(3, self.weight.shape[1], dtype=self.weight.dtype)
-            expected = F.linear(probe, self.weight, self.bias)
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.PACK_FOR_ROWS)
+            probe = torch.randn(3, weight.shape[1], dtype=weight.dtype)
+            expected = F.linear(probe, weight, self.bias)
             got = torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "none", [], "")
             if torch.allclose(got, expected, rtol=1e-2, atol=1e-2):
-                self.packed = packed
+                self.packed, self.weight = packed, None
         except (RuntimeError, AttributeError):
             pass
 
