@@ -129,7 +129,7 @@ class Backend:
             ids.extend(item.tokens)
             positions.extend(range(start, start + len(item.tokens)))
         keep = [first[id(item)] + len(item.tokens) - 1 for item in items if item.want_logits]
-        return StepPlan(ids, list(positions), segments, batch, keep, items)
+        return StepPlan(ids, positions, segments, batch, keep, items)
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor:

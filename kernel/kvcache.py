@@ -176,33 +176,40 @@ class DecodeSlab:
         nothing changed) when they cannot all be seated: too many, or a context too long."""
         if max(need, default=0) > self.max_tokens:
             return False
-        longest = max(need + [kv.length for i in range(self.slots) if (kv := self.owner(i)) is not None])
+        owners = self._seated()
+        longest = max(need + [kv.length for kv in owners if kv is not None])
         if longest > self.capacity or len(caches) > self.slots:
             self._resize(min(max(longest, self.capacity * 2), self.max_tokens), max(len(caches), self.slots))
+            owners = self._seated()
         elif self.capacity > GROWTH and self.capacity >= 4 * longest:
             # The long contexts that grew it are gone: give the memory back.
             self._resize(2 * longest, self.slots)
+            owners = self._seated()
         wanted = {id(kv) for kv in caches}
-        free = [i for i in range(self.slots) if self.owner(i) is None]
+        free = [i for i, owner in enumerate(owners) if owner is None]
         # Reclaim the seats of caches not in this step, least recently used first.
         taken = sorted(
-            (i for i in range(self.slots) if (o := self.owner(i)) is not None and id(o) not in wanted),
-            key=lambda i: self.owner(i).last_used,  # type: ignore[union-attr]
+            (i for i, owner in enumerate(owners) if owner is not None and id(owner) not in wanted),
+            key=lambda i: owners[i].last_used,  # type: ignore[union-attr]
         )
         for kv in caches:
-            if kv.slot is not None and self.owner(kv.slot) is kv:
+            if kv.slot is not None and owners[kv.slot] is kv:
                 continue
             if free:
                 slot = free.pop(0)  # the lowest: a step attends seats 0..max, so keep them packed
             else:
                 slot = taken.pop(0)
-                self._unseat(self.owner(slot))  # type: ignore[arg-type]
+                self._unseat(owners[slot])  # type: ignore[arg-type]
             kv.restore()
             kv.move_to(self.data[:, :, slot])
             kv.slot = slot
             self._owners[slot] = weakref.ref(kv)
             self._finite[slot] = max(self._finite[slot], kv.length)
         return True
+
+    def _seated(self) -> list[SequenceKV | None]:
+        """The cache in each seat, or None."""
+        return [self.owner(i) for i in range(self.slots)]
 
     def finite(self, seats: int, length: int) -> None:
         """Make positions [0, length) of seats [0, seats) safe to read. What a seat's owner
@@ -223,8 +230,7 @@ class DecodeSlab:
         resized = self._alloc(slots, _round_up(tokens))
         self._owners += [None] * (slots - self.slots)
         self._finite = [0] * slots
-        for slot in range(self.slots):
-            kv = self.owner(slot)
+        for slot, kv in enumerate(self._seated()):
             if kv is not None:
                 kv.move_to(resized[:, :, slot])  # copies only the positions it stores
                 kv.slot = slot

@@ -25,14 +25,12 @@ time anyway), so page states never change under an operation's feet.
 from __future__ import annotations
 
 import math
-import os
 import re
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import trio
