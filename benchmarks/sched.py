@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -184,8 +185,6 @@ async def busy_ttft(backend: Backend, busy: int, probes: int = 12, gap: float = 
     """TTFT of requests that arrive while `busy` agents are decoding: one prober sends fresh
     one-token requests (no retained KV) at random moments, `gap` s apart on average. The batch
     has a seat for the probe, so this measures the scheduler's admission, not its quantum."""
-    import random
-
     config = KernelConfig(max_batch=busy + 1)
     rng = random.Random(0)
     async with boot(config, backend) as kernel:

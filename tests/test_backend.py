@@ -24,12 +24,23 @@ def greedy(backend, prompt_ids: list[int], n: int, chunk: int | None = None) -> 
     for start in range(0, len(prompt_ids), chunk):
         piece = prompt_ids[start : start + chunk]
         logits = backend.step([WorkItem(kv, piece, start + chunk >= len(prompt_ids))])
-    out = []
-    for _ in range(n):
-        token = int(logits[0].argmax())
-        out.append(token)
-        logits = backend.step([WorkItem(kv, [token], True)])
+    out = [int(logits[0].argmax())]
+    _decode(backend, [(kv, out)], n - 1)
     return out
+
+
+def _decode(backend, kvs_tokens: list[tuple], steps: int) -> None:
+    """Decode every (kv, out) pair together for `steps` steps, appending to out."""
+    for _ in range(steps):
+        logits = backend.step([WorkItem(kv, [out[-1]], True) for kv, out in kvs_tokens])
+        for row, (_, out) in zip(logits, kvs_tokens):
+            out.append(int(row.argmax()))
+
+
+def _start(backend, text: str) -> tuple:
+    kv = backend.new_kv()
+    logits = backend.step([WorkItem(kv, backend.encode(text), True)])
+    return kv, [int(logits[0].argmax())]
 
 
 def test_real_greedy_matches_hf_generate(real_backend):
@@ -45,13 +56,9 @@ def test_real_batched_equals_alone(real_backend):
     alone = [greedy(real_backend, p, 20) for p in prompts]
     kvs = [real_backend.new_kv() for _ in prompts]
     logits = real_backend.step([WorkItem(kv, p, True) for kv, p in zip(kvs, prompts)])
-    batched = [[] for _ in prompts]
-    for _ in range(20):
-        tokens = [int(row.argmax()) for row in logits]
-        for out, t in zip(batched, tokens):
-            out.append(t)
-        logits = real_backend.step([WorkItem(kv, [t], True) for kv, t in zip(kvs, tokens)])
-    assert batched == alone
+    batched = [(kv, [int(row.argmax())]) for kv, row in zip(kvs, logits)]
+    _decode(real_backend, batched, 19)
+    assert [out for _, out in batched] == alone
 
 
 def test_chunked_prefill_equals_one_shot(tiny_backend):
@@ -158,20 +165,6 @@ def test_local_checkpoint_directory_loads_as_backend(real_backend):
 
 
 # -- the decode slab: decoders' caches seated side by side ------------------------------------
-
-
-def _decode(backend, kvs_tokens: list[tuple], steps: int) -> None:
-    """Decode every (kv, out) pair together for `steps` steps, appending to out."""
-    for _ in range(steps):
-        logits = backend.step([WorkItem(kv, [out[-1]], True) for kv, out in kvs_tokens])
-        for row, (_, out) in zip(logits, kvs_tokens):
-            out.append(int(row.argmax()))
-
-
-def _start(backend, text: str) -> tuple:
-    kv = backend.new_kv()
-    logits = backend.step([WorkItem(kv, backend.encode(text), True)])
-    return kv, [int(logits[0].argmax())]
 
 
 def test_slab_seats_are_reclaimed_without_changing_outputs(tiny_backend):
