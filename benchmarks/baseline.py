@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from llmos.kernel.backend import Backend
-from llmos.kernel.sampling import SamplingParams
+from llmos.kernel.model.backend import Backend
+from llmos.kernel.model.sampling import SamplingParams
 
 
 @dataclass

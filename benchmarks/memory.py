@@ -35,8 +35,8 @@ from rich.console import Console
 from rich.table import Table
 
 from llmos.config import KernelConfig
-from llmos.kernel.memory import Memory, MemoryConfig, p99, percentile
-from llmos.kernel.pagetable import cut
+from llmos.kernel.memory.manager import Memory, MemoryConfig, p99, percentile
+from llmos.kernel.memory.pagetable import cut
 
 SYSTEM = (
     "You are an assistant with a long memory. Earlier parts of the conversation may appear as "

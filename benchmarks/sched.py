@@ -30,7 +30,7 @@ from rich.table import Table
 
 from llmos.benchmarks.baseline import sequential_generate
 from llmos.config import KernelConfig
-from llmos.kernel.backend import Backend
+from llmos.kernel.model.backend import Backend
 from llmos.runtime import boot, session
 
 AGENT = "llmos.benchmarks.sched_agent"

@@ -20,8 +20,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from llmos.kernel.embeddings import Embedder
-from llmos.kernel.vectorstore import open_client
+from llmos.kernel.memory.embeddings import Embedder
+from llmos.kernel.memory.vectorstore import open_client
 
 CHUNK_CHARS = 800
 WRITE_BATCH = 1000  # chunks (or sources) per chromadb write

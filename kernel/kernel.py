@@ -16,23 +16,23 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 import trio
 
 from llmos.config import KernelConfig
-from llmos.kernel import program
-from llmos.kernel.audit import AuditLog
-from llmos.kernel.backend import Backend
-from llmos.kernel.capabilities import Capabilities
-from llmos.kernel.embeddings import Embedder
-from llmos.kernel.engine import Engine
-from llmos.kernel.events import Event, EventBus
-from llmos.kernel.ipc import Mailboxes
-from llmos.kernel.kvcache import KVPool
-from llmos.kernel.memory import Memory
-from llmos.kernel.process import Process, ProcessTable, ProcState
-from llmos.kernel.quota import EXIT_QUOTA, wall_time_reason
-from llmos.kernel.remote_engine import RemoteModel, is_remote
-from llmos.kernel.scheduler import Scheduler
+from llmos.kernel.proc import program
+from llmos.kernel.state.audit import AuditLog
+from llmos.kernel.model.backend import Backend
+from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.memory.embeddings import Embedder
+from llmos.kernel.model.engine import Engine
+from llmos.kernel.state.events import Event, EventBus
+from llmos.kernel.proc.ipc import Mailboxes
+from llmos.kernel.model.kvcache import KVPool
+from llmos.kernel.memory.manager import Memory
+from llmos.kernel.proc.process import Process, ProcessTable, ProcState
+from llmos.kernel.proc.quota import EXIT_QUOTA, wall_time_reason
+from llmos.kernel.model.remote import RemoteModel, is_remote
+from llmos.kernel.model.scheduler import Scheduler
 
 if TYPE_CHECKING:
-    from llmos.kernel.persist import Journal
+    from llmos.kernel.state.journal import Journal
 
 KERNEL_PID = 0
 EXIT_ERROR = 1
@@ -65,7 +65,7 @@ class Kernel:
         self.scheduler = Scheduler(
             config.policy, config.max_batch, config.quantum, config.prefill_chunk, config.prefill_first
         )
-        if isinstance(backend, RemoteModel):  # an OpenAI-protocol server: kernel/remote_engine.py
+        if isinstance(backend, RemoteModel):  # an OpenAI-protocol server: kernel/model/remote.py
             self.engine = backend.new_engine(self.scheduler)
         else:
             pool = KVPool(backend.shape, int(config.kv_budget_mb * 2**20), config.kv_eviction)
@@ -84,7 +84,7 @@ class Kernel:
         self._nursery: trio.Nursery | None = None
         self.started = time.time()
         self._exits = trio.Event()  # set (and replaced) whenever a process exits
-        self.journal: Journal | None = None  # kernel/persist.py, when the daemon keeps state on disk
+        self.journal: Journal | None = None  # kernel/state/journal.py, when the daemon keeps state on disk
 
     @classmethod
     @asynccontextmanager
@@ -216,7 +216,7 @@ class Kernel:
             self.procs.remove(proc.pid)
 
     def commit(self) -> None:
-        """Make the process table durable now, when a journal keeps it (kernel/persist.py)."""
+        """Make the process table durable now, when a journal keeps it (kernel/state/journal.py)."""
         if self.journal is not None:
             self.journal.commit(self)
 

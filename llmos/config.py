@@ -37,7 +37,7 @@ def _env_int(name: str, default: int) -> int:
 
 @dataclass
 class MemoryConfig:
-    """Virtual context memory (kernel/memory.py): page size, budgets in tokens, where pages swap."""
+    """Virtual context memory (kernel/memory/manager.py): page size, budgets in tokens, where pages swap."""
 
     page_tokens: int = field(default_factory=lambda: _env_int("LLMOS_MEM_PAGE_TOKENS", 128))
     budget: int = field(default_factory=lambda: _env_int("LLMOS_MEM_BUDGET", 2048))  # per memory

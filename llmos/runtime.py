@@ -7,9 +7,9 @@ from typing import AsyncIterator
 
 from llmos.agents.sdk import LocalTransport, Sys
 from llmos.config import KernelConfig
-from llmos.kernel.backend import Backend
+from llmos.kernel.model.backend import Backend
 from llmos.kernel.kernel import Kernel
-from llmos.kernel.process import Process
+from llmos.kernel.proc.process import Process
 
 
 def local_handle(kernel: Kernel, proc: Process) -> Sys:

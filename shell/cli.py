@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from llmos.config import KernelConfig
-from llmos.kernel.pagetable import POLICIES as PAGE_POLICIES
-from llmos.kernel.scheduler import POLICIES
+from llmos.kernel.memory.pagetable import POLICIES as PAGE_POLICIES
+from llmos.kernel.model.scheduler import POLICIES
 
 
 def _kernel_args(p: argparse.ArgumentParser) -> None:
@@ -130,8 +130,8 @@ def _daemon(args: argparse.Namespace) -> int:
     import trio
 
     from llmos.config import data_dir
-    from llmos.kernel.daemon import DaemonError, DaemonSettings, run
-    from llmos.kernel.remote_engine import RemoteModelError
+    from llmos.servers.daemon import DaemonError, DaemonSettings, run
+    from llmos.kernel.model.remote import RemoteModelError
 
 
     http = None

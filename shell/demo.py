@@ -23,8 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from llmos.config import KernelConfig
-from llmos.kernel.capabilities import Capabilities
-from llmos.kernel.events import Event
+from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.state.events import Event
 from llmos.runtime import boot, local_handle
 
 QUESTIONS = [

@@ -12,8 +12,8 @@ from rich.markup import escape
 from pathlib import Path
 
 from llmos.config import KernelConfig
-from llmos.kernel import program
-from llmos.kernel.events import Event
+from llmos.kernel.proc import program
+from llmos.kernel.state.events import Event
 from llmos.kernel.kernel import ProcessExit
 from llmos.runtime import boot, session
 from llmos.syscalls.errors import SyscallError

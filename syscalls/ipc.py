@@ -1,4 +1,4 @@
-"""ipc.send / ipc.recv: messages between processes through their mailboxes (kernel/ipc.py).
+"""ipc.send / ipc.recv: messages between processes through their mailboxes (kernel/proc/ipc.py).
 
 A message body is any JSON value up to 64 KiB, with an optional tag. `ipc.recv` takes the
 oldest message matching a sender and/or tag; with none there, the process is BLOCKED on wchan
@@ -15,9 +15,9 @@ from typing import Annotated, Any, Iterator
 import trio
 from pydantic import BaseModel, Field, StringConstraints
 
-from llmos.kernel.ipc import MailboxFull, Message
+from llmos.kernel.proc.ipc import MailboxFull, Message
 from llmos.kernel.kernel import KERNEL_PID
-from llmos.kernel.process import Process, ProcState
+from llmos.kernel.proc.process import Process, ProcState
 from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from llmos.kernel.engine import ContextTooLong
-from llmos.kernel.events import Event
-from llmos.kernel.quota import tokens_used
-from llmos.kernel.sampling import SamplingParams
+from llmos.kernel.model.engine import ContextTooLong
+from llmos.kernel.state.events import Event
+from llmos.kernel.proc.quota import tokens_used
+from llmos.kernel.model.sampling import SamplingParams
 from llmos.syscalls.errors import Errno, SyscallError, killed
 from llmos.syscalls.table import Call, syscall
 

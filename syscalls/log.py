@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from llmos.kernel.events import Event
+from llmos.kernel.state.events import Event
 from llmos.syscalls.proc import Ok, target_process
 from llmos.syscalls.table import Call, syscall
 

@@ -30,7 +30,7 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
 from llmos.config import data_dir
-from llmos.kernel.events import Event
+from llmos.kernel.state.events import Event
 from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import TABLE, Call, Syscall
 from llmos.syscalls.tools import errno_for, run_bounded, tool

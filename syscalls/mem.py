@@ -1,4 +1,4 @@
-"""Memory syscalls: the process's paged context window (kernel/memory.py).
+"""Memory syscalls: the process's paged context window (kernel/memory/manager.py).
 
 mem.chat is llm.chat over the process's memory: the agent sends only the new turn; the kernel
 stores it, pages in what it needs, builds the prompt from the pages and stores the reply.
@@ -14,9 +14,9 @@ from typing import Iterator, Literal
 import trio
 from pydantic import BaseModel, Field
 
-from llmos.kernel.memory import MemoryBusy, NoSuchPage, OverBudget, p99
-from llmos.kernel.pagetable import Page, PageTable
-from llmos.kernel.vectorstore import VectorStoreUnavailable
+from llmos.kernel.memory.manager import MemoryBusy, NoSuchPage, OverBudget, p99
+from llmos.kernel.memory.pagetable import Page, PageTable
+from llmos.kernel.memory.vectorstore import VectorStoreUnavailable
 from llmos.syscalls import llm
 from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.llm import MAX_MESSAGE_CHARS, ChatChunk, ChatRequest, ChatResponse, Message
@@ -43,7 +43,7 @@ def memory_errors() -> Iterator[None]:
 
 
 def enforce_page_quota(call: Call) -> None:
-    """The max_memory_pages quota (kernel/quota.py) counts the pages a process holds resident:
+    """The max_memory_pages quota (kernel/proc/quota.py) counts the pages a process holds resident:
     over it, the kernel kills the process."""
     resident = len(call.kernel.memory.table(call.proc.pid).resident())
     if not call.kernel.enforce_quota(call.proc, pages=resident):

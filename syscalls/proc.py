@@ -8,11 +8,11 @@ from typing import Any, Literal
 import trio
 from pydantic import BaseModel, Field
 
-from llmos.kernel import program
+from llmos.kernel.proc import program
 from llmos.kernel.kernel import KERNEL_PID, ProcessExit, TableFull
-from llmos.kernel.process import Process, ProcState
-from llmos.kernel.quota import Quota
-from llmos.kernel.scheduler import NICE_MAX, NICE_MIN
+from llmos.kernel.proc.process import Process, ProcState
+from llmos.kernel.proc.quota import Quota
+from llmos.kernel.model.scheduler import NICE_MAX, NICE_MIN
 from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import Call, syscall
 

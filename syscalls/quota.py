@@ -9,7 +9,7 @@ import time
 
 from pydantic import BaseModel
 
-from llmos.kernel.quota import Quota, tokens_used
+from llmos.kernel.proc.quota import Quota, tokens_used
 from llmos.syscalls.proc import QuotaSpec
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool

@@ -19,7 +19,7 @@ import trio
 from pydantic import BaseModel, ValidationError
 
 from llmos.kernel.kernel import Kernel, ProcessExit
-from llmos.kernel.process import Process
+from llmos.kernel.proc.process import Process
 from llmos.syscalls.errors import Errno, SyscallError, killed
 
 Emit = Callable[[BaseModel], Awaitable[None]]

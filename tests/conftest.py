@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from llmos.config import KernelConfig  # noqa: E402
-from llmos.kernel.backend import Backend  # noqa: E402
+from llmos.kernel.model.backend import Backend  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from conftest import kernel_with
-from llmos.kernel.daemon import INFO_FILE, Daemon, DaemonSettings
+from llmos.servers.daemon import INFO_FILE, Daemon, DaemonSettings
 
 
 def short_home() -> Path:

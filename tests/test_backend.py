@@ -8,9 +8,9 @@ import torch
 import trio
 
 from conftest import kernel_with
-from llmos.kernel.backend import WorkItem
-from llmos.kernel.sampling import SamplingParams, make_generator, sample
-from llmos.kernel.sequence import _safe_prefix
+from llmos.kernel.model.backend import WorkItem
+from llmos.kernel.model.sampling import SamplingParams, make_generator, sample
+from llmos.kernel.model.sequence import _safe_prefix
 from llmos.runtime import session
 from llmos.syscalls.errors import Errno, SyscallError
 
@@ -129,7 +129,7 @@ def test_real_two_processes_at_once_match_alone(real_backend):
 
 
 def test_lean_runner_matches_transformers_forward(tiny_backend):
-    from llmos.kernel.backend import Backend
+    from llmos.kernel.model.backend import Backend
 
     assert tiny_backend.runner is not None  # llama: the lean forward is in use
     plain = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-plain", lean=False)
@@ -155,8 +155,8 @@ def test_streaming_chunks_add_up_to_the_reply(tiny_backend):
 
 def test_local_checkpoint_directory_loads_as_backend(real_backend):
     """A local transformers checkpoint (here: the converted default model) works as --model."""
-    from llmos.kernel import modelstore
-    from llmos.kernel.backend import Backend
+    from llmos.kernel.model import modelstore
+    from llmos.kernel.model.backend import Backend
 
     folder = modelstore.converted_dir(modelstore.resolve("smollm2"))
     local = Backend.load(str(folder))
@@ -168,7 +168,7 @@ def test_local_checkpoint_directory_loads_as_backend(real_backend):
 
 
 def test_slab_seats_are_reclaimed_without_changing_outputs(tiny_backend):
-    from llmos.kernel.backend import Backend
+    from llmos.kernel.model.backend import Backend
 
     texts = ["first prompt", "a second, longer prompt here", "third"]
     alone = []
@@ -192,8 +192,8 @@ def test_slab_seats_are_reclaimed_without_changing_outputs(tiny_backend):
 
 
 def test_slab_mixes_with_prefill_and_grows_past_its_capacity(tiny_backend):
-    from llmos.kernel.backend import Backend
-    from llmos.kernel.kvcache import GROWTH
+    from llmos.kernel.model.backend import Backend
+    from llmos.kernel.model.kvcache import GROWTH
 
     long_prompt = tiny_backend.encode("many words " * 40)
     alone_long = greedy(tiny_backend, long_prompt, 6)
@@ -222,8 +222,8 @@ def test_slab_mixes_with_prefill_and_grows_past_its_capacity(tiny_backend):
 
 
 def test_contexts_longer_than_the_slab_decode_alone_the_same(tiny_backend):
-    from llmos.kernel.backend import Backend
-    from llmos.kernel.kvcache import DecodeSlab, GROWTH
+    from llmos.kernel.model.backend import Backend
+    from llmos.kernel.model.kvcache import DecodeSlab, GROWTH
 
     ids = tiny_backend.encode("long context " * 160)
     assert len(ids) > GROWTH
@@ -246,7 +246,7 @@ def test_evicting_a_seated_cache_frees_its_seat(tiny_backend):
 def test_sliding_window_models_are_exact_within_the_window_and_stop_there(tiny_backend):
     from transformers import MistralConfig, MistralForCausalLM
 
-    from llmos.kernel.backend import Backend
+    from llmos.kernel.model.backend import Backend
 
     tokenizer = tiny_backend.tokenizer
     torch.manual_seed(0)
@@ -271,8 +271,8 @@ def test_sliding_window_models_are_exact_within_the_window_and_stop_there(tiny_b
 
 
 def test_incremental_detokenization_equals_decoding_everything(real_backend):
-    from llmos.kernel.sampling import SamplingParams
-    from llmos.kernel.sequence import Sequence
+    from llmos.kernel.model.sampling import SamplingParams
+    from llmos.kernel.model.sequence import Sequence
 
     text = "Héllo wörld — naïve café. 東京は大きい。 Emoji: 🚀🔥👩‍💻! Code: `x = {'a': [1, 2]}`\n\ttabs  and  spaces."
     ids = real_backend.encode(text)
@@ -287,7 +287,7 @@ def test_incremental_detokenization_equals_decoding_everything(real_backend):
 def test_a_long_context_is_attended_alone_and_the_rest_together(tiny_backend):
     from types import SimpleNamespace
 
-    from llmos.kernel.backend import _worth_batching
+    from llmos.kernel.model.backend import _worth_batching
 
     def items(*lengths):
         return [SimpleNamespace(kv=SimpleNamespace(length=n)) for n in lengths]
@@ -323,7 +323,7 @@ def test_a_long_context_is_attended_alone_and_the_rest_together(tiny_backend):
 def test_a_seated_process_prefilling_beside_longer_decoders_keeps_its_cache(tiny_backend):
     """A seated process's next prompt is prefilled through its seat; the batch of the other
     decoders, growing past it, must not clear those positions when it makes seats safe to read."""
-    from llmos.kernel.backend import Backend
+    from llmos.kernel.model.backend import Backend
 
     turn = tiny_backend.encode(" and then another question comes along " * 4)
 
@@ -349,9 +349,9 @@ def test_a_seated_process_prefilling_beside_longer_decoders_keeps_its_cache(tiny
 
 
 def test_a_prompt_chunk_whose_seat_is_reclaimed_in_the_same_step_still_fits(tiny_backend):
-    from llmos.kernel.backend import Backend
+    from llmos.kernel.model.backend import Backend
 
-    from llmos.kernel.kvcache import GROWTH
+    from llmos.kernel.model.kvcache import GROWTH
 
     one_seat = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-1-seat", slots=1)
     first = " ".join(f"w{i}" for i in range(400))
@@ -369,8 +369,8 @@ def test_a_prompt_chunk_whose_seat_is_reclaimed_in_the_same_step_still_fits(tiny
 
 
 def test_the_slab_gives_memory_back_when_long_contexts_are_gone(tiny_backend):
-    from llmos.kernel.backend import Backend
-    from llmos.kernel.kvcache import GROWTH
+    from llmos.kernel.model.backend import Backend
+    from llmos.kernel.model.kvcache import GROWTH
 
     fresh = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-shrink")
     ids = fresh.encode(" ".join(f"w{i}" for i in range(400)))[: 3 * GROWTH - 20]

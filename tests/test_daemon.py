@@ -12,7 +12,7 @@ import trio
 import llmos
 from daemon_util import RawClient, daemon_with, short_home
 from llmos.kernel.kernel import ProcessExit
-from llmos.kernel.process import ProcState
+from llmos.kernel.proc.process import ProcState
 from llmos.runtime import session
 from llmos.shell.run import run_remote
 from llmos.syscalls.errors import Errno, SyscallError

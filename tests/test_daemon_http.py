@@ -10,7 +10,7 @@ import trio
 
 from daemon_util import daemon_with
 from llmos.config import KernelConfig
-from llmos.kernel.remote_engine import RemoteModel, RemoteModelError
+from llmos.kernel.model.remote import RemoteModel, RemoteModelError
 from llmos.runtime import boot, session
 from llmos.syscalls.errors import Errno, SyscallError
 

@@ -1,5 +1,5 @@
 """Persistence: the journal restores the process table, logs and mailboxes after a restart,
-clean or `kill -9`, with the semantics kernel/persist.py promises."""
+clean or `kill -9`, with the semantics kernel/state/journal.py promises."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import trio
 
 import llmos
 from daemon_util import DaemonProcess, daemon_with, short_home
-from llmos.kernel.process import ProcState
+from llmos.kernel.proc.process import ProcState
 from llmos.syscalls.errors import Errno, SyscallError
 
 HERE = Path(__file__).parent / "agents_for_tests"

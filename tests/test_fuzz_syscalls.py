@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import kernel_with
-from llmos.kernel.audit import AuditLog
-from llmos.kernel.capabilities import Capabilities
+from llmos.kernel.state.audit import AuditLog
+from llmos.kernel.proc.capabilities import Capabilities
 from llmos.runtime import local_handle
 from llmos.syscalls import TABLE, SyscallError, dispatch
 

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from conftest import errno_of, kernel_with, prog, run
-from llmos.kernel.process import ProcState
+from llmos.kernel.proc.process import ProcState
 from llmos.runtime import session
 from llmos.syscalls.errors import Errno, SyscallError
 
@@ -176,7 +176,7 @@ def test_fs_sandbox_denies_escapes(tiny_backend, tmp_path):
     os.symlink(tmp_path / "secret.txt", root / "link.txt")
 
     async def body(kernel, sh):
-        from llmos.kernel.capabilities import Capabilities
+        from llmos.kernel.proc.capabilities import Capabilities
         from llmos.runtime import local_handle
 
         box = local_handle(kernel, kernel.session("box", Capabilities(fs_root=root)))

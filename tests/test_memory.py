@@ -13,9 +13,9 @@ import trio
 from rich.console import Console
 
 from conftest import errno_of, kernel_with
-from llmos.kernel.embeddings import Embedder
-from llmos.kernel.memory import RECALLED, Memory, MemoryConfig
-from llmos.kernel.pagetable import LRU, LRUK, Clock, Page, cut
+from llmos.kernel.memory.embeddings import Embedder
+from llmos.kernel.memory.manager import RECALLED, Memory, MemoryConfig
+from llmos.kernel.memory.pagetable import LRU, LRUK, Clock, Page, cut
 from llmos.runtime import local_handle, session
 from llmos.syscalls.errors import Errno
 
@@ -384,8 +384,8 @@ def test_a_second_chat_while_one_runs_is_busy_and_stores_nothing(tiny_backend, t
 
 
 def test_max_memory_pages_quota_kills_the_hoarder(tiny_backend, tmp_path):
-    from llmos.kernel.capabilities import Capabilities
-    from llmos.kernel.quota import EXIT_QUOTA, Quota
+    from llmos.kernel.proc.capabilities import Capabilities
+    from llmos.kernel.proc.quota import EXIT_QUOTA, Quota
 
     async def body(kernel, sh):
         box = local_handle(kernel, kernel.session("box", Capabilities(quota=Quota(max_memory_pages=3))))

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from conftest import kernel_with
 from llmos.benchmarks import memory as bench_memory
-from llmos.kernel.memory import RECALLED
+from llmos.kernel.memory.manager import RECALLED
 from llmos.runtime import session
 from test_memory import common_prefix, fill, with_memory
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from conftest import kernel_with
-from llmos.kernel.memory import MemoryConfig
+from llmos.kernel.memory.manager import MemoryConfig
 from llmos.runtime import session
 from llmos.syscalls.errors import Errno, SyscallError
 from test_memory import FACT, fill, with_memory

@@ -197,10 +197,10 @@ def test_fair_share_converges_to_nice_weights(tiny_backend):
 
 
 def test_prefill_first_then_decoders_never_starve(tiny_backend):
-    from llmos.kernel.sampling import SamplingParams
-    from llmos.kernel.scheduler import Scheduler
-    from llmos.kernel.sequence import Sequence
-    from llmos.kernel.process import Process
+    from llmos.kernel.model.sampling import SamplingParams
+    from llmos.kernel.model.scheduler import Scheduler
+    from llmos.kernel.model.sequence import Sequence
+    from llmos.kernel.proc.process import Process
 
     def seq(pid, prompt_len, cached):
         kv = tiny_backend.new_kv()

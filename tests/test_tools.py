@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from conftest import errno_of, prog, run
-from llmos.kernel.audit import AuditLog
-from llmos.kernel.capabilities import Capabilities
-from llmos.kernel.quota import EXIT_QUOTA, Quota
+from llmos.kernel.state.audit import AuditLog
+from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.proc.quota import EXIT_QUOTA, Quota
 from llmos.runtime import local_handle
 from llmos.syscalls import TABLE
 from llmos.syscalls.errors import Errno, SyscallError

@@ -11,9 +11,9 @@ import trio
 
 from conftest import kernel_with
 from llmos.agents.tooluse import Answer, Malformed, ToolCall, parse_reply
-from llmos.kernel.audit import AuditLog
-from llmos.kernel.capabilities import Capabilities
-from llmos.kernel.quota import EXIT_QUOTA
+from llmos.kernel.state.audit import AuditLog
+from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.proc.quota import EXIT_QUOTA
 from llmos.runtime import local_handle, session
 from llmos.syscalls import TABLE
 from llmos.syscalls.calc import calc

@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 
 from conftest import errno_of, prog, run
-from llmos.kernel.process import ProcState
+from llmos.kernel.proc.process import ProcState
 from llmos.runtime import local_handle
 from llmos.syscalls.errors import Errno
 

@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from conftest import kernel_with
-from llmos.kernel.capabilities import Capabilities
-from llmos.kernel.embeddings import Embedder
+from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.memory.embeddings import Embedder
 from llmos.kernel.kb import KnowledgeBase, chunk_text
 from llmos.runtime import local_handle
 from llmos.syscalls.errors import Errno, SyscallError

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from conftest import errno_of, run
-from llmos.kernel.capabilities import Capabilities
+from llmos.kernel.proc.capabilities import Capabilities
 from llmos.runtime import local_handle
 from llmos.syscalls.errors import Errno, SyscallError
 

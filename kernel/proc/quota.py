@@ -21,7 +21,7 @@ EXIT_QUOTA = 152  # 128 + SIGXCPU, as Unix reports a process killed for exceedin
 
 
 class Usage(Protocol):
-    """What a process has used so far (kernel/process.py: Process)."""
+    """What a process has used so far (kernel/proc/process.py: Process)."""
 
     created: float
     prompt_tokens: int

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmos.kernel.sequence import Sequence, SeqStatus
+from llmos.kernel.model.sequence import Sequence, SeqStatus
 
 NICE_MIN, NICE_MAX = -20, 19
 POLICIES = ("rr", "fair", "priority")

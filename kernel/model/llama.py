@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmos.kernel.attention import DecodeBatch, Segment, attend
+from llmos.kernel.model.attention import DecodeBatch, Segment, attend
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 

@@ -3,7 +3,7 @@
 `allow` holds syscall name patterns ("llm.chat", "proc.*", "*"). A child's capabilities are
 checked against its own patterns and, through `parent`, against every ancestor's: asking for
 more than the parent has simply yields the intersection. `fs_root` confines the fs.* syscalls;
-a child's root can only be its parent's or a folder inside it. `quota` (kernel/quota.py) holds
+a child's root can only be its parent's or a folder inside it. `quota` (kernel/proc/quota.py) holds
 the process's resource limits; a child's are never looser than its parent's.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from llmos.kernel.quota import Quota
+from llmos.kernel.proc.quota import Quota
 
 
 @dataclass(frozen=True)

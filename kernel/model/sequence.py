@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from llmos.kernel.kvcache import SequenceKV
-from llmos.kernel.sampling import SamplingParams, make_generator
+from llmos.kernel.model.kvcache import SequenceKV
+from llmos.kernel.model.sampling import SamplingParams, make_generator
 
 if TYPE_CHECKING:
-    from llmos.kernel.process import Process
+    from llmos.kernel.proc.process import Process
 
 
 class SeqStatus(str, Enum):

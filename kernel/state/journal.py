@@ -5,7 +5,7 @@ When: `Kernel.commit()` calls `Journal.commit` after every syscall, before its r
 the kernel, and whenever a process exits; the daemon also commits every second (token
 counters). A commit writes only what changed since the last one, in one transaction: new or
 changed process rows, new log lines, and the messages that entered or left a mailbox
-(kernel/ipc.py; so a message `ipc.send` acknowledged is on disk until `ipc.recv` takes it). WAL with synchronous=NORMAL makes a commit durable
+(kernel/proc/ipc.py; so a message `ipc.send` acknowledged is on disk until `ipc.recv` takes it). WAL with synchronous=NORMAL makes a commit durable
 against the daemon being killed (kill -9); against power loss, use synchronous=FULL.
 
 What a restart restores (`Journal.restore`, before any client connects):
@@ -35,10 +35,10 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmos.kernel.capabilities import Capabilities
-from llmos.kernel.ipc import Message
-from llmos.kernel.process import LOG_LINES, REAPED_KEPT, Process, ProcState
-from llmos.kernel.quota import Quota
+from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.proc.ipc import Message
+from llmos.kernel.proc.process import LOG_LINES, REAPED_KEPT, Process, ProcState
+from llmos.kernel.proc.quota import Quota
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel

@@ -36,9 +36,9 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from llmos.config import MemoryConfig
-from llmos.kernel.embeddings import Embedder
-from llmos.kernel.pagetable import Page, PageTable, cut, make_policy
-from llmos.kernel.swap import Stored, Swap, content_words, relevance
+from llmos.kernel.memory.embeddings import Embedder
+from llmos.kernel.memory.pagetable import Page, PageTable, cut, make_policy
+from llmos.kernel.memory.swap import Stored, Swap, content_words, relevance
 
 RECALLED = "[recalled memory] "  # what a paged-in page says before its text in the prompt
 SEARCH_POOL = 32  # nearest pages fetched before re-ranking

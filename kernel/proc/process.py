@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from llmos.kernel.kvcache import SequenceKV
+from llmos.kernel.model.kvcache import SequenceKV
 
 LOG_LINES = 1000  # per process; older lines are dropped
 REAPED_KEPT = 256  # reaped processes whose record (and log) stays readable

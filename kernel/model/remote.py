@@ -23,12 +23,12 @@ from typing import Any
 
 import trio
 
-from llmos.kernel.engine import EngineStats
-from llmos.kernel.kvcache import KVStats
-from llmos.kernel.process import Process, ProcState
-from llmos.kernel.sampling import SamplingParams
-from llmos.kernel.scheduler import Scheduler
-from llmos.kernel.sequence import SeqStatus
+from llmos.kernel.model.engine import EngineStats
+from llmos.kernel.model.kvcache import KVStats
+from llmos.kernel.proc.process import Process, ProcState
+from llmos.kernel.model.sampling import SamplingParams
+from llmos.kernel.model.scheduler import Scheduler
+from llmos.kernel.model.sequence import SeqStatus
 
 REMOTE_PREFIX = "openai:"
 CONNECT_TIMEOUT = 10.0
@@ -56,7 +56,7 @@ class RemoteModel:
     def name(self) -> str:
         return f"{self.model} @ {self.base_url}"
 
-    # The kernel has no tokenizer for a remote model. Memory pages (kernel/memory.py) still need
+    # The kernel has no tokenizer for a remote model. Memory pages (kernel/memory/manager.py) still need
     # to be measured and cut, so they are measured in UTF-8 bytes: a conservative stand-in
     # (about four bytes to a token) that decodes back to exactly the text it came from.
     def encode(self, text: str) -> list[int]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llmos.kernel.kvcache import DecodeSlab, SequenceKV
+from llmos.kernel.model.kvcache import DecodeSlab, SequenceKV
 
 ATTN_NAME = "llmos"
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmos.kernel.embeddings import Embedder
-from llmos.kernel.pagetable import Page
-from llmos.kernel.vectorstore import VectorStoreUnavailable, open_client
+from llmos.kernel.memory.embeddings import Embedder
+from llmos.kernel.memory.pagetable import Page
+from llmos.kernel.memory.vectorstore import VectorStoreUnavailable, open_client
 
 COLLECTION = "llmos-memory"
 LEXICAL_WEIGHT = 0.5  # how much word overlap adds to cosine similarity (both in [0, 1])

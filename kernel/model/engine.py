@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass, field
 import trio
 
-from llmos.kernel.backend import Backend, StepPlan, WorkItem
-from llmos.kernel.kvcache import KVPool
-from llmos.kernel.process import Process, ProcState
-from llmos.kernel.sampling import SamplingParams, sample
-from llmos.kernel.scheduler import Scheduled, Scheduler
-from llmos.kernel.sequence import Sequence, SeqStatus
+from llmos.kernel.model.backend import Backend, StepPlan, WorkItem
+from llmos.kernel.model.kvcache import KVPool
+from llmos.kernel.proc.process import Process, ProcState
+from llmos.kernel.model.sampling import SamplingParams, sample
+from llmos.kernel.model.scheduler import Scheduled, Scheduler
+from llmos.kernel.model.sequence import Sequence, SeqStatus
 
 
 class ContextTooLong(ValueError):

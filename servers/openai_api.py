@@ -30,9 +30,9 @@ import h11
 import trio
 from pydantic import BaseModel, Field, ValidationError
 
-from llmos.kernel.capabilities import Capabilities
+from llmos.kernel.proc.capabilities import Capabilities
 from llmos.kernel.kernel import Kernel, TableFull
-from llmos.kernel.remote_engine import RemoteModel
+from llmos.kernel.model.remote import RemoteModel
 from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import dispatch
 

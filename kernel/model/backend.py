@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from llmos.kernel import attention, llama
-from llmos.kernel.llama import LlamaRunner
-from llmos.kernel.kvcache import DecodeSlab, KVShape, SequenceKV
+from llmos.kernel.model import attention, llama
+from llmos.kernel.model.llama import LlamaRunner
+from llmos.kernel.model.kvcache import DecodeSlab, KVShape, SequenceKV
 
 SLAB_MAX_TOKENS = 2048  # decoders with longer contexts are attended one by one
 
@@ -73,7 +73,7 @@ class Backend:
 
     @classmethod
     def load(cls, spec: str, dtype: str = "float32", threads: int = 0) -> "Backend":
-        from llmos.kernel import modelstore
+        from llmos.kernel.model import modelstore
 
         model, tokenizer, name = modelstore.load(spec, dtype)
         return cls(model, tokenizer, name, threads)

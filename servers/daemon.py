@@ -5,14 +5,14 @@ Three doors, one kernel:
     hello with the daemon's token and becomes a session process; its frames are syscalls made
     by that process, through the same `dispatch` an in-process agent uses (agents/remote.py
     is the client; `llmos.connect()` gives an agent program its usual `Sys` handle over it)
-  - an HTTP listener on localhost with an OpenAI-compatible API (kernel/httpapi.py)
-  - the journal (kernel/persist.py): state restored at start, committed as it changes
+  - an HTTP listener on localhost with an OpenAI-compatible API (servers/openai_api.py)
+  - the journal (kernel/state/journal.py): state restored at start, committed as it changes
 
 Bad input never reaches further than its own connection: every frame that cannot be acted on
 is refused with an errno and a reason; a client may have `max_inflight` calls at once and the
 daemon `max_clients` connections; a frame is at most `max_frame` bytes; a client that stops
 reading is dropped after SEND_TIMEOUT. On SIGTERM (or SIGINT) the daemon checkpoints the
-process table and exits; the next start restores it (see kernel/persist.py for what that means).
+process table and exits; the next start restores it (see kernel/state/journal.py for what that means).
 
 The daemon is the kernel's front door, so unlike the rest of kernel/ it reaches up into the
 syscall table: it is a client of `dispatch`, like the SDK.
@@ -35,10 +35,10 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from llmos.kernel.capabilities import Capabilities
+from llmos.kernel.proc.capabilities import Capabilities
 from llmos.kernel.kernel import Kernel, TableFull
-from llmos.kernel.persist import Journal, Restored
-from llmos.kernel.process import Process
+from llmos.kernel.state.journal import Journal, Restored
+from llmos.kernel.proc.process import Process
 from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import dispatch
 from llmos.syscalls.wire import (
@@ -129,7 +129,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, daemon._serve_client, [listener])
                 if settings.http is not None:
-                    from llmos.kernel.httpapi import serve_http
+                    from llmos.servers.openai_api import serve_http
 
                     host, port = settings.http
                     daemon.http_port = await nursery.start(serve_http, kernel, daemon.token, host, port, settings.max_clients)

@@ -36,7 +36,7 @@ class Embedder:
             if self._model is None:
                 from sentence_transformers import SentenceTransformer
 
-                from llmos.kernel.modelstore import quiet_transformers
+                from llmos.kernel.model.modelstore import quiet_transformers
 
                 with quiet_transformers():
                     self._model = SentenceTransformer(str(self._path or model_dir()), device="cpu")

@@ -1,0 +1,1 @@
+"""Virtual context memory: pages, replacement, swap, page faults, prompt assembly, embeddings."""

@@ -1,0 +1,1 @@
+"""The model and its batch: engine, scheduler, backend, lean forward, attention, KV cache."""

@@ -1,0 +1,1 @@
+"""Processes: the process table, capabilities, quotas, mailboxes, programs."""
