@@ -276,14 +276,14 @@ async def bench(args: argparse.Namespace, console: Console, backend: Any = None)
                     page_tokens=args.page_tokens,
                     budget=budget,
                     policy=args.policy,
-                    fault_pages=args.fault_pages,
+                    
                     chroma_url=args.chroma_url,
                     chroma_path=Path(tmp) / "chroma",
                 ),
             )
             status.update("loading the embedding model and opening the store…")
             await trio.to_thread.run_sync(kernel.embedder.embed, ["warm up"])  # one-time costs are not paging
-            await kernel.memory._open_store()
+            await kernel.memory.open_store()
             keep = args.keep_answers
             paged = await run_paged(kernel, wl, budget, args.max_tokens, keep, status.update)
             window = None if args.no_baseline else await run_window(kernel, wl, budget, args.max_tokens, keep, status.update)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Literal
 
-import trio
 from pydantic import BaseModel, Field
 
 from llmos.kernel.memory.manager import MemoryBusy, NoSuchPage, OverBudget, p99
@@ -75,28 +74,21 @@ class MemChatResponse(ChatResponse):
 async def chat(call: Call, req: MemChatRequest) -> MemChatResponse:
     """Chat over the process's memory: send the new turn; the kernel adds what is relevant."""
     memory, proc = call.kernel.memory, call.proc
-    if proc.wchan == "llm" or proc.pid in memory.chatting:
+    if proc.wchan == "llm":
         raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
-    memory.chatting.add(proc.pid)
+    with memory_errors():
+        turn = await memory.begin_turn(proc.pid, [m.model_dump() for m in req.messages], remember=req.remember)
     try:
-        with memory_errors():
-            turn = await memory.begin_turn(proc.pid, [m.model_dump() for m in req.messages])
         enforce_page_quota(call)
         proc.write_log("mem", f"turn: pages {turn.pages}, paged in {turn.faulted}, evicted {turn.evicted}")
         prompt = [Message.model_construct(**m) for m in turn.prompt]
-        try:
-            response = await llm.chat(call, req.model_copy(update={"messages": prompt}))
-        finally:
-            if not req.remember:
-                with trio.CancelScope(shield=True):  # even a killed process leaves nothing behind
-                    await memory.forget(proc.pid, turn.pages)
-        reply: list[Page] = []
-        if req.remember:
-            with memory_errors():
-                reply = await memory.add_reply(proc.pid, response.content)
-            enforce_page_quota(call)
-    finally:
-        memory.chatting.discard(proc.pid)
+        response = await llm.chat(call, req.model_copy(update={"messages": prompt}))
+    except BaseException:
+        await memory.end_turn(proc.pid, None)
+        raise
+    with memory_errors():
+        reply = await memory.end_turn(proc.pid, response.content)
+    enforce_page_quota(call)
     info = TurnInfo(
         pages=turn.pages,
         reply_pages=[p.number for p in reply],
