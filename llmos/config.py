@@ -50,9 +50,10 @@ class MemoryConfig:
     min_relevance: float = 0.3  # cosine at which a page is relevant to a turn on its own
     min_lexical: float = 0.5  # BM25, as a share of the best page's, at which a page is relevant on its own
     dense_weight: float = 1.0  # weights of the signals in reciprocal rank fusion
-    lexical_weight: float = 1.0
+    lexical_weight: float = 0.5
     time_weight: float = 1.0
-    neighbour_share: float = 0.5  # of a relevant page's score, lent to the messages beside it (0: off)
+    neighbour_share: float = 0.3  # of a relevant page's score, lent to the messages beside it (0: off)
+    neighbour_hits: int = 1  # the best hits whose neighbours (two messages either side) come right after them
     chroma_url: str | None = field(default_factory=lambda: os.environ.get("LLMOS_CHROMA_URL") or None)
     chroma_path: Path | None = None  # the embedded store's folder; default <data dir>/chroma
 

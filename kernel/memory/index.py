@@ -98,10 +98,17 @@ class Index:
         scores = matrix @ np.asarray(query, dtype=np.float32)
         return dict(zip(numbers, scores.tolist()))
 
-    def lexical(self, words: list[str], limit: int) -> dict[int, float]:
-        """BM25 of the pages that contain any of `words` (higher is better), the best `limit`."""
+    def lexical(self, words: list[str], limit: int, max_share: float = 1.0) -> dict[int, float]:
+        """BM25 of the pages that contain any of `words` (higher is better), the best `limit`.
+        A word found in more than `max_share` of the pages (a speaker's name on every line of
+        a transcript) tells nothing and is left out: BM25 would still rank its pages, by length."""
         if not words or not self._created:
             return {}
+        if max_share < 1.0 and self.vectors:
+            most = max_share * len(self.vectors)
+            words = [w for w in words if self._pages_with(w) <= most]
+            if not words:
+                return {}
         query = " OR ".join(f'"{w}"' for w in words)
         rows = self.db().execute(
             f"SELECT rowid, bm25({self.table}) FROM {self.table} WHERE {self.table} MATCH ? "
@@ -109,3 +116,7 @@ class Index:
             (query, limit),
         ).fetchall()
         return {int(n): -float(score) for n, score in rows}  # FTS5's bm25 is negated: lower is better
+
+    def _pages_with(self, word: str) -> int:
+        row = self.db().execute(f"SELECT count(*) FROM {self.table} WHERE {self.table} MATCH ?", (f'"{word}"',)).fetchone()
+        return int(row[0])

@@ -81,7 +81,10 @@ class Memory:
     @property
     def weights(self) -> Weights:
         c = self.config
-        return Weights(c.dense_weight, c.lexical_weight, c.time_weight, c.neighbour_share, c.min_relevance, c.min_lexical)
+        return Weights(
+            c.dense_weight, c.lexical_weight, c.time_weight, c.neighbour_share, c.min_relevance, c.min_lexical,
+            close_hits=c.neighbour_hits,
+        )
 
     @property
     def tables(self) -> dict[str, PageTable]:
@@ -156,6 +159,7 @@ class Memory:
             if pid in self.turns:
                 raise MemoryBusy(f"process {pid} already has a mem.chat turn in progress")
             table = self.table(pid)
+            began = time.perf_counter()
             new = await self._append(table, [(m["role"], m["content"], m["role"] == "system") for m in messages])
             faulted: list[Page] = []
             try:
@@ -188,6 +192,7 @@ class Memory:
                 await self._forget(table, new)
                 raise
             order = table.in_prompt_order()
+            self.latency.turn.append((time.perf_counter() - began) * 1000)
             turn = Turn(
                 pid=pid,
                 remember=remember,
@@ -254,7 +259,7 @@ class Memory:
         async with self.lock:
             table = self.table(pid)
             vector = (await self._embed([query]))[0]
-            weights = Weights(**{**self.weights.__dict__, "neighbour": 0.0, "min_similarity": -1.0})
+            weights = Weights(**{**self.weights.__dict__, "neighbour": 0.0, "close_hits": 0, "min_similarity": -1.0})
             best = rank(table, table.index, Query(vector, content_words(query), periods(query)), weights, set())[:k]
             evicted = [s.page for s in best if not s.page.resident]
             texts: dict[int, str] = {}

@@ -11,8 +11,9 @@ and they are fused by reciprocal rank fusion (Cormack et al. 2009: score = sum o
 signals of weight / (k + rank)), which needs no calibration between cosine and BM25 scales.
 A page is relevant only if one signal vouches for it on its own (cosine or BM25 above a
 floor), so a turn about nothing in particular pages in nothing. The pages next to a relevant
-page (the message before and after, the rest of its message) inherit part of its score: in a
-conversation the answer is often the reply to the turn that names the topic.
+page (the rest of its message, the messages one and two away) inherit part of its score; those
+of the best hit rank right after it: in a conversation the answer is often the reply to the
+turn that names the topic ("We adopted a dog!" / "What kind?" / "A beagle mix").
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ class Weights:
     dense: float = 1.0
     lexical: float = 1.0
     time: float = 1.0
-    neighbour: float = 0.5  # a neighbour's score as a share of its hit's
+    neighbour: float = 0.5  # the score of a page next to a hit, as a share of the hit's (half that two away)
     min_similarity: float = 0.3  # cosine at which a page is relevant on its own
     min_lexical: float = 0.5  # BM25, as a share of the best page's, at which a page is relevant on its own
     lexical_pool: int = 256  # the best BM25 pages looked at
+    max_word_share: float = 0.1  # a query word on more of the pages than this is not searched for
+    close_hits: int = 1  # the best hits whose neighbours rank right after them
 
 
 @dataclass
@@ -72,7 +75,8 @@ def rank(table: PageTable, index: Index, query: Query, weights: Weights, exclude
         score.dense, score.dense_rank = s, r
         score.fused += weights.dense / (RRF_K + r)
         score.relevant = s >= weights.min_similarity
-    lexical = {n: s for n, s in index.lexical(query.words, weights.lexical_pool).items() if n in scores}
+    lexical = index.lexical(query.words, weights.lexical_pool, weights.max_word_share) if weights.lexical > 0 else {}
+    lexical = {n: s for n, s in lexical.items() if n in scores}
     best = max(lexical.values(), default=0.0)
     for r, (n, s) in enumerate(sorted(lexical.items(), key=lambda item: -item[1]), start=1):
         score = scores[n]
@@ -87,24 +91,28 @@ def rank(table: PageTable, index: Index, query: Query, weights: Weights, exclude
     for score in scores.values():
         score.score = score.fused if score.relevant else 0.0
     if weights.neighbour > 0:
-        _neighbours(table, scores, weights.neighbour)
+        _neighbours(table, scores, weights.neighbour, weights.close_hits)
     ranked = [s for s in scores.values() if s.score > 0]
     ranked.sort(key=lambda s: (-s.score, s.page.number))
     return ranked
 
 
-def _neighbours(table: PageTable, scores: dict[int, Score], share: float) -> None:
-    """A relevant page lends `share` of its score to the pages of the messages beside it and
-    to the other pages of its own message."""
+def _neighbours(table: PageTable, scores: dict[int, Score], share: float, close: int) -> None:
+    """A relevant page lends `share` of its score to the other pages of its message and to
+    the messages beside it, and half that to the messages two away (a question, its answer,
+    and the answer's follow-up)."""
     by_message: dict[int, list[int]] = {}
     for n, p in table.pages.items():
         by_message.setdefault(p.message, []).append(n)
     hits = sorted((s for s in scores.values() if s.relevant), key=lambda s: -s.fused)
-    for hit in hits:
-        lent = share * hit.fused
+    for i, hit in enumerate(hits):
         m = hit.page.message
-        for n in by_message.get(m - 1, []) + by_message.get(m, []) + by_message.get(m + 1, []):
-            other = scores.get(n)
-            if other is None or other is hit or other.score >= lent:
-                continue
-            other.score, other.neighbour_of = lent, hit.page.number
+        for distance in (0, 1, 2):
+            lent = hit.fused * (share if distance < 2 else share / 2)
+            if i < close:  # right after the hit itself
+                lent = hit.fused * (1 - 0.01 * (distance + 1))
+            for n in by_message.get(m - distance, []) + (by_message.get(m + distance, []) if distance else []):
+                other = scores.get(n)
+                if other is None or other is hit or other.score >= lent:
+                    continue
+                other.score, other.neighbour_of = lent, hit.page.number
