@@ -15,43 +15,37 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import trio
 
+from llmos.abi.proc import (
+    EXIT_ERROR,
+    EXIT_KILLED,
+    EXIT_QUOTA,
+    EXIT_TERMINATED,
+    KERNEL_PID,
+    ProcessExit,
+)
 from llmos.config import KernelConfig
-from llmos.kernel.proc import program
-from llmos.kernel.state.audit import AuditLog
-from llmos.kernel.model.backend import Backend
-from llmos.kernel.proc.capabilities import Capabilities
 from llmos.kernel.memory.embeddings import Embedder
-from llmos.kernel.model.engine import Engine
-from llmos.kernel.state.events import Event, EventBus
-from llmos.kernel.proc.ipc import Mailboxes
-from llmos.kernel.model.kvcache import KVPool
 from llmos.kernel.memory.manager import Memory
-from llmos.kernel.proc.process import Process, ProcessTable, ProcState
-from llmos.kernel.proc.quota import EXIT_QUOTA, wall_time_reason
+from llmos.kernel.model.backend import Backend
+from llmos.kernel.model.engine import Engine
+from llmos.kernel.model.kvcache import KVPool
 from llmos.kernel.model.remote import RemoteModel, is_remote
 from llmos.kernel.model.scheduler import Scheduler
+from llmos.kernel.proc import program
+from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.proc.ipc import Mailboxes
+from llmos.kernel.proc.process import Process, ProcessTable, ProcState
+from llmos.kernel.proc.quota import wall_time_reason
+from llmos.kernel.state.audit import AuditLog
+from llmos.kernel.state.events import Event, EventBus
 
 if TYPE_CHECKING:
     from llmos.kernel.state.journal import Journal
 
-KERNEL_PID = 0
-EXIT_ERROR = 1
-EXIT_KILLED = 137  # 128 + SIGKILL, as shells report it
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 ORPHAN_ZOMBIES_KEPT = 256
 MEMORY_CLOSE_SECONDS = 10.0  # at shutdown, for writing out named memories
 
 HandleFactory = Callable[["Kernel", Process], Any]
-
-
-class ProcessExit(BaseException):
-    """Raised inside a process by `proc.exit`; a BaseException so that an agent's
-    `except Exception` cannot swallow it."""
-
-    def __init__(self, code: int, result: Any = None) -> None:
-        super().__init__(code)
-        self.code = code
-        self.result = result
 
 
 class TableFull(RuntimeError):
@@ -90,19 +84,15 @@ class Kernel:
     @asynccontextmanager
     async def boot(
         cls,
-        config: KernelConfig | None = None,
-        backend: Backend | None = None,
-        handle_factory: HandleFactory | None = None,
+        config: KernelConfig | None,
+        backend: Backend | None,
+        handle_factory: HandleFactory,
     ) -> AsyncIterator["Kernel"]:
         config = config or KernelConfig()
         if backend is None and is_remote(config.model):
             backend = await RemoteModel.open(config.model)
         elif backend is None:
             backend = await trio.to_thread.run_sync(Backend.load, config.model, config.dtype, config.threads)
-        if handle_factory is None:
-            from llmos.runtime import local_handle  # the SDK sits above the kernel
-
-            handle_factory = local_handle
         kernel = cls(config, backend, handle_factory)
         async with trio.open_nursery() as nursery:
             kernel._nursery = nursery

@@ -30,10 +30,10 @@ import h11
 import trio
 from pydantic import BaseModel, Field, ValidationError
 
-from llmos.kernel.proc.capabilities import Capabilities
+from llmos.abi.errors import Errno, SyscallError
 from llmos.kernel.kernel import Kernel, TableFull
 from llmos.kernel.model.remote import RemoteModel
-from llmos.syscalls.errors import Errno, SyscallError
+from llmos.kernel.proc.capabilities import Capabilities
 from llmos.syscalls.table import dispatch
 
 MAX_BODY = 8 * 2**20

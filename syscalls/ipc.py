@@ -10,44 +10,21 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from typing import Annotated, Any, Iterator
+from typing import Any, Iterator
 
 import trio
-from pydantic import BaseModel, Field, StringConstraints
 
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.ipc import MAX_BODY, Received, Sent
+from llmos.abi.proc import KERNEL_PID
 from llmos.kernel.proc.ipc import MailboxFull, Message
-from llmos.kernel.kernel import KERNEL_PID
 from llmos.kernel.proc.process import Process, ProcState
-from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool
 
-MAX_BODY = 64 * 1024  # bytes of JSON
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-
-
-class Sent(BaseModel):
-    to: int
-    pending: int  # messages now waiting in the receiver's mailbox
-
-
-class Received(BaseModel):
-    sender: int
-    tag: str | None
-    body: Any
-    sent: float
-    pending: int  # messages still waiting in the caller's mailbox
-
 
 @tool("ipc.send", timeout=None)
-async def send(call: Call, pid: int, body: Any, tag: Tag | None = None) -> Sent:
-    """Send a message (any JSON value up to 64 KiB) to process `pid`'s mailbox.
-
-    Args:
-        pid: the receiving process
-        body: the message
-        tag: a label the receiver can select on, e.g. "result"
-    """
+async def send(call: Call, pid: int, body: Any, tag: str | None = None) -> Sent:
     try:
         size = len(json.dumps(body, allow_nan=False))
     except (TypeError, ValueError, RecursionError) as exc:
@@ -68,16 +45,9 @@ async def send(call: Call, pid: int, body: Any, tag: Tag | None = None) -> Sent:
 async def recv(
     call: Call,
     from_pid: int | None = None,
-    tag: Tag | None = None,
-    timeout: Annotated[float, Field(ge=0, le=86400)] | None = None,
+    tag: str | None = None,
+    timeout: float | None = None,
 ) -> Received:
-    """Receive the oldest message in the caller's mailbox, waiting for one if there is none.
-
-    Args:
-        from_pid: only a message from this process
-        tag: only a message with this tag
-        timeout: seconds to wait at most (0: do not wait); forever if omitted
-    """
     kernel, proc = call.kernel, call.proc
     message = None
     with trio.move_on_after(timeout if timeout is not None else float("inf")):

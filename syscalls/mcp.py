@@ -22,21 +22,21 @@ from __future__ import annotations
 import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
 import anyio
 import jsonschema
 import trio
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, create_model, model_validator
 
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.mcp import McpResult, Mounted, MountInfo, MountList
 from llmos.config import data_dir
 from llmos.kernel.state.events import Event
-from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import TABLE, Call, Syscall
 from llmos.syscalls.tools import errno_for, run_bounded, tool
 
 PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")
-DEFAULT_TIMEOUT = 30.0
 MAX_TOOLS = 256
 LIST_PAGES = 20
 
@@ -53,52 +53,22 @@ class Mount:
     ended: trio.Event = field(default_factory=trio.Event)
 
 
-class McpResult(BaseModel):
-    text: str  # the text blocks of the result, joined
-    structured: Any = None  # the tool's structured result, when it gives one
-    content: list[dict[str, Any]]  # every content block as the server sent it
-
-
-class Mounted(BaseModel):
-    prefix: str
-    tools: list[str]
-
-
-class MountInfo(BaseModel):
-    prefix: str
-    command: str
-    args: list[str]
-    tools: list[str]
-
-
-class MountList(BaseModel):
-    mounts: list[MountInfo]
-
-
 @tool("mcp.mount", timeout=None)
 async def mount(
     call: Call,
-    prefix: Annotated[str, StringConstraints(min_length=1, max_length=32)],
-    command: Annotated[str, StringConstraints(min_length=1, max_length=4096)],
-    args: Annotated[list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=256)] = [],
-    env: Annotated[dict[str, Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=64)] = {},
-    timeout: Annotated[float, Field(gt=0, le=3600)] = DEFAULT_TIMEOUT,
+    prefix: str,
+    command: str,
+    args: list[str],
+    env: dict[str, str],
+    timeout: float,
+    call_timeout: float | None,
 ) -> Mounted:
-    """Start an MCP server (stdio) and mount its tools as syscalls named `<prefix>.<tool>`.
-
-    Args:
-        prefix: the name under which its tools appear, e.g. "notes"
-        command: the server's executable
-        args: its arguments
-        env: environment variables added to a minimal safe environment
-        timeout: seconds allowed for starting it and for each tool call
-    """
     kernel = call.kernel
     if not PREFIX.fullmatch(prefix):
         raise SyscallError(Errno.EINVAL, f"mcp.mount: prefix {prefix!r}: use a-z 0-9 _, starting with a letter")
     if prefix in kernel.mounts or any(name == prefix or name.startswith(prefix + ".") for name in TABLE):
         raise SyscallError(Errno.EBUSY, f"mcp.mount: prefix {prefix!r} is already in use")
-    m = Mount(prefix, command, list(args), timeout)
+    m = Mount(prefix, command, list(args), call_timeout or timeout)
     kernel.mounts[prefix] = m  # reserved while starting, so two mounts cannot race for it
     cwd = kernel.caps[call.proc.pid].fs_root
     try:
@@ -117,8 +87,7 @@ async def mount(
 
 
 @tool("mcp.unmount", timeout=30)
-async def unmount(call: Call, prefix: Annotated[str, StringConstraints(min_length=1, max_length=32)]) -> None:
-    """Unmount an MCP server: its tools disappear and the server process is stopped."""
+async def unmount(call: Call, prefix: str) -> None:
     m = call.kernel.mounts.get(prefix)
     if m is None:
         raise SyscallError(Errno.ENOENT, f"mcp.unmount: nothing is mounted at {prefix!r}")
@@ -128,7 +97,6 @@ async def unmount(call: Call, prefix: Annotated[str, StringConstraints(min_lengt
 
 @tool("mcp.list")
 async def list_mounts(call: Call) -> MountList:
-    """The MCP servers mounted, with their tools."""
     return MountList(
         mounts=[MountInfo(prefix=m.prefix, command=m.command, args=m.args, tools=m.syscalls) for m in call.kernel.mounts.values()]
     )

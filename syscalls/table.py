@@ -18,9 +18,10 @@ from typing import Any, Awaitable, Callable
 import trio
 from pydantic import BaseModel, ValidationError
 
-from llmos.kernel.kernel import Kernel, ProcessExit
+from llmos.abi import SYSCALLS, ProcessExit
+from llmos.abi.errors import Errno, SyscallError, killed
+from llmos.kernel.kernel import Kernel
 from llmos.kernel.proc.process import Process
-from llmos.syscalls.errors import Errno, SyscallError, killed
 
 Emit = Callable[[BaseModel], Awaitable[None]]
 
@@ -58,17 +59,25 @@ class Syscall:
 TABLE: dict[str, Syscall] = {}
 
 
-def syscall(name: str, request: type[BaseModel], response: type[BaseModel], chunk: type[BaseModel] | None = None):
-    """Register a handler under `name`."""
+def syscall(name: str):
+    """Bind the decorated handler to the syscall the ABI declares as `name` (llmos.abi): its
+    request, response and chunk models and its description come from there."""
+    spec = SYSCALLS.get(name)
+    if spec is None:
+        raise ValueError(f"syscall {name!r} is not declared in the ABI (llmos.abi)")
 
     def register(handler: Handler) -> Handler:
-        if name in TABLE:
-            raise ValueError(f"syscall {name!r} is already registered")
-        doc = (handler.__doc__ or "").strip()
-        TABLE[name] = Syscall(name, request, response, handler, chunk, doc)
+        add(Syscall(name, spec.request, spec.response, handler, spec.chunk, spec.doc))
         return handler
 
     return register
+
+
+def add(entry: Syscall) -> None:
+    """Put an entry in the table (a handler for a declared syscall, or a tool made at run time)."""
+    if entry.name in TABLE:
+        raise ValueError(f"syscall {entry.name!r} is already registered")
+    TABLE[entry.name] = entry
 
 
 TOO_LONG = {"string_too_long", "too_long", "bytes_too_long"}  # pydantic error types that mean "oversized"

@@ -7,12 +7,12 @@ import httpx
 import openai
 import pytest
 import trio
-
 from daemon_util import daemon_with
+
+from llmos.abi.errors import Errno, SyscallError
 from llmos.config import KernelConfig
 from llmos.kernel.model.remote import RemoteModel, RemoteModelError
 from llmos.runtime import boot, session
-from llmos.syscalls.errors import Errno, SyscallError
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

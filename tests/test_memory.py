@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import errno_of, kernel_with
 from rich.console import Console
 
-from conftest import errno_of, kernel_with
+from llmos.abi.errors import Errno
 from llmos.kernel.memory.embeddings import Embedder
 from llmos.kernel.memory.manager import RECALLED, Memory, MemoryConfig
 from llmos.kernel.memory.pagetable import LRU, LRUK, Clock, Page, cut
 from llmos.runtime import local_handle, session
-from llmos.syscalls.errors import Errno
 
 EMBEDDER = Embedder()  # one for every test: loading it is the slow part
 SYSTEM = "You are a careful assistant."
@@ -384,8 +384,9 @@ def test_a_second_chat_while_one_runs_is_busy_and_stores_nothing(tiny_backend, t
 
 
 def test_max_memory_pages_quota_kills_the_hoarder(tiny_backend, tmp_path):
+    from llmos.abi.proc import EXIT_QUOTA
     from llmos.kernel.proc.capabilities import Capabilities
-    from llmos.kernel.proc.quota import EXIT_QUOTA, Quota
+    from llmos.kernel.proc.quota import Quota
 
     async def body(kernel, sh):
         box = local_handle(kernel, kernel.session("box", Capabilities(quota=Quota(max_memory_pages=3))))

@@ -9,13 +9,13 @@ import subprocess
 import sys
 
 import trio
-from rich.console import Console
-
 from conftest import kernel_with
+from rich.console import Console
+from test_memory import common_prefix, fill, with_memory
+
 from llmos.benchmarks import memory as bench_memory
 from llmos.kernel.memory.manager import RECALLED
 from llmos.runtime import session
-from test_memory import common_prefix, fill, with_memory
 
 SYSTEM = "You are a helpful assistant. Answer in a few words."
 FACT = "Maria Okafor plays the cello."

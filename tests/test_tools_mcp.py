@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from conftest import errno_of, run
+
+from llmos.abi.errors import Errno, SyscallError
 from llmos.kernel.proc.capabilities import Capabilities
 from llmos.runtime import local_handle
-from llmos.syscalls.errors import Errno, SyscallError
 
 SERVER = str(Path(__file__).parent / "mcp_server_fixture.py")
 
@@ -56,7 +56,7 @@ def test_mount_call_and_unmount(tiny_backend, tmp_path):
 
 def test_mounted_tools_obey_capabilities_and_timeouts(tiny_backend):
     async def body(kernel, sh):
-        await sh.mcp.mount("fx", sys.executable, SERVER, timeout=1.5)
+        await sh.mcp.mount("fx", sys.executable, SERVER, timeout=60, call_timeout=1.5)
         limited = local_handle(kernel, kernel.session("limited", Capabilities(allow=("fx.add", "mcp.*"))))
         out = {
             "allowed": (await limited.call("fx.add", a=1, b=2)).text,
@@ -64,7 +64,7 @@ def test_mounted_tools_obey_capabilities_and_timeouts(tiny_backend):
             "mount_denied": await errno_of(
                 local_handle(kernel, kernel.session("nomount", Capabilities(allow=("fx.*",)))).mcp.mount("x", "true")
             ),
-            "timeout": await errno_of(sh.call("fx.slow", seconds=5)),
+            "timeout": await errno_of(sh.call("fx.slow", seconds=10)),
             "after_timeout": (await sh.call("fx.add", a=20, b=22)).text,
         }
         return out

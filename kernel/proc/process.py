@@ -14,24 +14,15 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import trio
 
+from llmos.abi.proc import ProcState
 from llmos.kernel.model.kvcache import SequenceKV
 
 LOG_LINES = 1000  # per process; older lines are dropped
 REAPED_KEPT = 256  # reaped processes whose record (and log) stays readable
-
-
-class ProcState(str, Enum):
-    READY = "READY"
-    RUNNING = "RUNNING"
-    BLOCKED = "BLOCKED"
-    SLEEPING = "SLEEPING"
-    STOPPED = "STOPPED"
-    ZOMBIE = "ZOMBIE"
 
 
 @dataclass

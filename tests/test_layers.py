@@ -1,0 +1,61 @@
+"""The layering promises that matter at run time: the ABI and the SDK load without the kernel.
+
+(The import graph as a whole is checked by import-linter's contracts in pyproject.toml, run by
+.ci/run; these tests check what a user would hit: an agent worker or a remote client on a
+machine where torch is not installed.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BLOCK_HEAVY = """
+import sys
+class Blocker:
+    # Makes torch (and the kernel's other heavy dependencies) unimportable, as on a machine
+    # that has only the SDK installed.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "transformers", "chromadb", "sentence_transformers", "numpy"}:
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK_HEAVY + code], capture_output=True, text=True, timeout=120)
+
+
+def test_remote_sdk_imports_without_torch():
+    r = run_python(
+        "import llmos\n"
+        "import llmos.agents.remote, llmos.agents.sdk, llmos.agents.tooluse, llmos.abi\n"
+        "from llmos import connect\n"
+        "import pkgutil, importlib, llmos.agents.examples as ex\n"
+        "for m in pkgutil.iter_modules(ex.__path__): importlib.import_module('llmos.agents.examples.' + m.name)\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('llmos.kernel', 'llmos.syscalls', 'llmos.servers', 'llmos.runtime')))\n"
+        "print('LOADED', loaded)\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "LOADED []" in r.stdout, r.stdout
+
+
+def test_the_blocker_really_blocks_torch():
+    r = run_python("import llmos.kernel.kernel\n")
+    assert r.returncode != 0 and "torch is blocked" in r.stderr
+
+
+def test_every_declared_syscall_has_a_handler_and_every_handler_a_declaration():
+    import llmos.syscalls  # noqa: F401
+    from llmos.abi import SYSCALLS
+    from llmos.syscalls import TABLE
+
+    assert set(SYSCALLS) == set(TABLE)
+    for name, spec in SYSCALLS.items():
+        entry = TABLE[name]
+        assert (entry.request, entry.response, entry.chunk) == (spec.request, spec.response, spec.chunk), name
+        assert spec.doc, f"{name} has no description"
+
