@@ -139,14 +139,17 @@ async def _dispatch(kernel: Kernel, pid: int, name: Any, args: Any, emit: Emit |
     request = validate(entry, args)
     if not kernel.caps[pid].allows(entry.name):
         raise SyscallError(Errno.EPERM, f"{entry.name}: not permitted for process {pid} ({proc.name})")
-    if proc.stopped:  # like a signal delivered at kernel entry: wait here until continued
-        await proc.continued.wait()
+    await kernel.held(proc)  # stopped: a signal delivered at kernel entry holds it here
     try:
         response = await entry.handler(Call(kernel, proc, emit), request)
-    except (SyscallError, trio.Cancelled, ProcessExit):
+    except SyscallError:
+        await kernel.held(proc)  # ... and on the way back (an error is a return too)
+        raise
+    except (trio.Cancelled, ProcessExit):
         raise
     except Exception as exc:
         raise SyscallError(Errno.EIO, f"{entry.name} failed: {type(exc).__name__}: {exc}") from exc
+    await kernel.held(proc)  # stopped during the call: it returns once continued
     kernel.commit()  # what the caller is about to be told is on disk first (when journaled)
     return response
 
