@@ -18,6 +18,8 @@ import trio
 from llmos.abi.errors import Errno, SyscallError, killed
 from llmos.abi.proc import EXIT_ERROR, EXIT_KILLED, EXIT_QUOTA, EXIT_TERMINATED, KERNEL_PID, ProcessExit
 from llmos.config import KernelConfig
+from llmos.kernel.kb import KnowledgeBase
+from llmos.kernel.mcp import MountTable
 from llmos.kernel.memory.embeddings import Embedder
 from llmos.kernel.memory.manager import Memory
 from llmos.kernel.model.backend import Backend
@@ -63,9 +65,8 @@ class Kernel:
         self.caps: dict[int, Capabilities] = {}
         self.audit = AuditLog()  # every syscall, one JSON line
         self.mailboxes = Mailboxes()  # ipc.send / ipc.recv
-        self.mounted: dict[str, Any] = {}  # syscalls added at run time (MCP tools): name -> Syscall
-        self.mounts: dict[str, Any] = {}  # MCP servers mounted: prefix -> Mount (syscalls/mcp.py)
-        self.kb: Any = None  # the knowledge base (kernel/kb.py), opened on first use
+        self.mounts = MountTable()  # MCP servers whose tools are served as syscalls (kernel/mcp.py)
+        self._kb: KnowledgeBase | None = None
         self._nursery: trio.Nursery | None = None
         self.started = time.time()
         self._wait_channels: dict[Hashable, trio.lowlevel.ParkingLot] = {}  # key -> processes blocked on it
@@ -90,6 +91,17 @@ class Kernel:
                 with trio.CancelScope(deadline=trio.current_time() + MEMORY_CLOSE_SECONDS, shield=True):
                     await kernel.memory.close()
                 nursery.cancel_scope.cancel()
+
+    @property
+    def kb(self) -> KnowledgeBase:
+        """The knowledge base (kernel/kb.py), opened on first use; it shares the kernel's embedder."""
+        if self._kb is None:
+            self._kb = KnowledgeBase(self.embedder)
+        return self._kb
+
+    @kb.setter
+    def kb(self, kb: KnowledgeBase) -> None:  # (tests and benchmarks point it at a scratch store)
+        self._kb = kb
 
     # -- processes -----------------------------------------------------------------------
 
