@@ -35,13 +35,8 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from llmos.kernel.proc.capabilities import Capabilities
-from llmos.kernel.kernel import Kernel, TableFull
-from llmos.kernel.state.journal import Journal, Restored
-from llmos.kernel.proc.process import Process
-from llmos.syscalls.errors import Errno, SyscallError
-from llmos.syscalls.table import dispatch
-from llmos.syscalls.wire import (
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.wire import (
     MAX_FRAME,
     CallFrame,
     CancelFrame,
@@ -54,6 +49,11 @@ from llmos.syscalls.wire import (
     error_frame,
     parse_client_frame,
 )
+from llmos.kernel.kernel import Kernel, TableFull
+from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.proc.process import Process
+from llmos.kernel.state.journal import Journal, Restored
+from llmos.syscalls.table import dispatch
 
 DEFAULT_HTTP = ("127.0.0.1", 8470)
 HELLO_TIMEOUT = 10.0  # a connection must authenticate this soon

@@ -30,10 +30,9 @@ import h11
 import trio
 from pydantic import BaseModel, Field, ValidationError
 
-from llmos.kernel.proc.capabilities import Capabilities
+from llmos.abi.errors import Errno, SyscallError
 from llmos.kernel.kernel import Kernel, TableFull
-from llmos.kernel.model.remote import RemoteModel
-from llmos.syscalls.errors import Errno, SyscallError
+from llmos.kernel.proc.capabilities import Capabilities
 from llmos.syscalls.table import dispatch
 
 MAX_BODY = 8 * 2**20
@@ -113,8 +112,7 @@ class OpenAIApi:
 
     @property
     def model_id(self) -> str:
-        backend = self.kernel.backend
-        return backend.model if isinstance(backend, RemoteModel) else backend.name
+        return self.kernel.backend.model_id
 
     async def serve_connection(self, stream: trio.SocketStream) -> None:
         """One HTTP connection, possibly many requests. Nothing in it can end the daemon."""

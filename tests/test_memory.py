@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import errno_of, kernel_with
 from rich.console import Console
 
-from conftest import errno_of, kernel_with
+from llmos.abi.errors import Errno
 from llmos.kernel.memory.embeddings import Embedder
 from llmos.kernel.memory.manager import RECALLED, Memory, MemoryConfig
 from llmos.kernel.memory.pagetable import LRU, LRUK, Clock, Page, cut
 from llmos.runtime import local_handle, session
-from llmos.syscalls.errors import Errno
 
 EMBEDDER = Embedder()  # one for every test: loading it is the slow part
 SYSTEM = "You are a careful assistant."
@@ -126,9 +126,9 @@ def test_fault_pages_an_early_fact_back_into_the_prompt(tiny_backend, tmp_path):
         fact = await sh.mem.store(FACT)
         await fill(sh, 10)
         before = await sh.mem.stat()
-        kernel.engine.recorded = []
+        recorded = kernel.record_llm_calls()
         reply = await sh.mem.chat("What is the vault code of the harbour office?", max_tokens=4)
-        prompt = kernel.backend.decode(kernel.engine.recorded[0][0])
+        prompt = kernel.backend.decode(recorded[0][0])
         after = await sh.mem.stat()
         await sh.mem.chat("Who keeps the key?", max_tokens=4, remember=False)  # asks, keeps nothing
         return fact, before, reply, prompt, after, await sh.mem.stat()
@@ -137,6 +137,8 @@ def test_fault_pages_an_early_fact_back_into_the_prompt(tiny_backend, tmp_path):
     assert unremembered.pages == after.pages and unremembered.total_tokens == after.total_tokens
     assert next(e for e in before.entries if e.page == fact[0]).state == "evicted"
     assert fact[0] in reply.memory.faulted and fact[0] in reply.memory.prompt_pages
+    why = next(r for r in reply.memory.recalled if r.page == fact[0])  # mem.chat says why it came back
+    assert why.paged_in and why.why.dense > 0.3 and why.why.lexical_rank == 1 and why.why.score > 0
     assert RECALLED in prompt and "] " + FACT in prompt
     entry = next(e for e in after.entries if e.page == fact[0])
     assert entry.state == "resident" and entry.recalled and after.faults >= 1
@@ -154,6 +156,7 @@ def test_recall_finds_evicted_pages_and_pages_them_in(tiny_backend, tmp_path):
 
     fact, hits, peek, st = run(tiny_backend, body, tmp_path, page_tokens=64, budget=96)
     assert hits[0].page == fact[0] and hits[0].text == FACT and hits[0].paged_in
+    assert hits[0].why.dense_rank == 1 and hits[0].why.lexical > 0 and hits[0].score == hits[0].why.score
     assert next(e for e in st.entries if e.page == fact[0]).state == "resident"
     assert "bakery" in peek[0].text
 
@@ -191,14 +194,14 @@ def test_kv_is_rebuilt_from_the_first_changed_page(tiny_backend, tmp_path):
     async def body(kernel, sh):
         proc = kernel.procs.get(sh.pid)
         await sh.mem.store(SYSTEM, role="system", pin=True)
-        kernel.engine.recorded = []
+        recorded = kernel.record_llm_calls()
         first = await sh.mem.chat("Tell me about the bakery near the station.", max_tokens=6)
         kv_after_first = list(proc.kv.token_ids)
         second = await sh.mem.chat("And the museum?", max_tokens=6)  # nothing evicted: pure extension
         kv_after_second = list(proc.kv.token_ids)
         await sh.mem.budget(first.usage.prompt_tokens)  # the oldest pages must go
         third = await sh.mem.chat("What about the concert in the park?", max_tokens=6)
-        prompts = [ids for ids, _ in kernel.engine.recorded]
+        prompts = [ids for ids, _ in recorded]
         return first, second, third, kv_after_first, kv_after_second, prompts
 
     first, second, third, kv1, kv2, prompts = run(tiny_backend, body, tmp_path, page_tokens=64, budget=4000)
@@ -388,8 +391,9 @@ def test_a_second_chat_while_one_runs_is_busy_and_stores_nothing(tiny_backend, t
 
 
 def test_max_memory_pages_quota_kills_the_hoarder(tiny_backend, tmp_path):
+    from llmos.abi.proc import EXIT_QUOTA
     from llmos.kernel.proc.capabilities import Capabilities
-    from llmos.kernel.proc.quota import EXIT_QUOTA, Quota
+    from llmos.kernel.proc.quota import Quota
 
     async def body(kernel, sh):
         box = local_handle(kernel, kernel.session("box", Capabilities(quota=Quota(max_memory_pages=3))))
@@ -434,7 +438,9 @@ def test_shell_mem_shows_the_page_table(tiny_backend, tmp_path):
     async def body(kernel, sh):
         await sh.mem.store(SYSTEM, role="system", pin=True)
         await fill(sh, 6)
-        console = Console(record=True, width=160)
+        await sh.call("mem.store", text="Maria adopted a beagle named Biscuit.", time=1683540000.0)  # 8 May 2023
+        await sh.mem.recall("Biscuit the beagle", k=1)
+        console = Console(record=True, width=220)
         shell = Shell(sh, console)
         await shell.execute(f"mem {sh.pid}")
         await shell.execute("mem")
@@ -443,7 +449,8 @@ def test_shell_mem_shows_the_page_table(tiny_backend, tmp_path):
 
     out = run(tiny_backend, body, tmp_path, page_tokens=64, budget=64)
     assert "PAGE" in out and "resident" in out and "evicted" in out and "pinned" in out
-    assert "page outs" in out
+    assert "page outs" in out and "turn fault p99" in out
+    assert "WHY RECALLED" in out and "dense 0." in out and "bm25" in out and "2023-05-08" in out
     assert "usage: mem PID" in out and "ESRCH" in out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import trio
 
 from conftest import kernel_with
@@ -34,6 +35,9 @@ def test_periods_named_in_questions():
     assert june.contains(ts(2023, 6, 30)) and not june.contains(ts(2023, 7, 1)) and not june.contains(ts(2022, 6, 5))
     assert Period("day", 2023, 5, 8).near(ts(2023, 5, 9), 1) and not Period("day", 2023, 5, 8).near(ts(2023, 5, 11), 1)
     assert day(ts(2023, 5, 8)) == "8 May 2023"
+    times = np.array([ts(2022, 6, 5), ts(2023, 6, 30), ts(2023, 7, 1)])
+    assert june.within(times).tolist() == [False, True, False]
+    assert Period("month", None, 6).within(times).tolist() == [True, True, False]
 
 
 def test_index_scores_words_and_meaning():
@@ -44,8 +48,8 @@ def test_index_scores_words_and_meaning():
     lexical = index.lexical(["biscuit"], 10)
     assert set(lexical) == {0, 2} and all(v > 0 for v in lexical.values())
     assert index.lexical(["adopting", "puppies"], 10).keys() == {0}  # Porter stemming
-    dense = index.dense(EMBEDDER.embed(["a new dog joined the family"])[0])
-    assert max(dense, key=dense.get) == 0
+    numbers, similarity, _ = index.dense(EMBEDDER.embed(["a new dog joined the family"])[0])
+    assert numbers[int(similarity.argmax())] == 0
     index.remove([0])
     assert set(index.lexical(["biscuit"], 10)) == {2} and len(index) == 2
     index.drop()

@@ -44,7 +44,8 @@ class Index:
     def __init__(self) -> None:
         self.table = f"pages{next(_tables)}"
         self.vectors: dict[int, np.ndarray] = {}
-        self._matrix: tuple[list[int], np.ndarray] | None = None  # numbers, stacked vectors
+        self.times: dict[int, float] = {}  # when each page's message was said
+        self._matrix: tuple[list[int], np.ndarray, np.ndarray] | None = None  # numbers, stacked vectors, times
         self._created = False
 
     @classmethod
@@ -61,11 +62,17 @@ class Index:
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def add(self, number: int, text: str, vector: list[float] | np.ndarray) -> None:
+    def add(self, number: int, text: str, vector: list[float] | np.ndarray, said: float = 0.0) -> None:
         self._ensure()
         self.db().execute(f"INSERT OR REPLACE INTO {self.table}(rowid, text) VALUES (?, ?)", (number, text))
+        replaced = number in self.vectors
         self.vectors[number] = np.asarray(vector, dtype=np.float32)
-        self._matrix = None
+        self.times[number] = said
+        if self._matrix is not None and not replaced:  # appended, as pages are: grow the matrix
+            numbers, matrix, times = self._matrix
+            self._matrix = (numbers + [number], np.vstack([matrix, self.vectors[number]]), np.append(times, said))
+        else:
+            self._matrix = None
 
     def remove(self, numbers: list[int]) -> None:
         numbers = [n for n in numbers if n in self.vectors]
@@ -73,39 +80,49 @@ class Index:
             return
         self.db().executemany(f"DELETE FROM {self.table} WHERE rowid = ?", [(n,) for n in numbers])
         for n in numbers:
-            del self.vectors[n]
-        self._matrix = None
+            del self.vectors[n], self.times[n]
+        if self._matrix is not None and self._matrix[0][-len(numbers) :] == sorted(numbers):
+            kept = len(self._matrix[0]) - len(numbers)  # the newest pages (a turn forgotten): cut them off
+            self._matrix = (self._matrix[0][:kept], self._matrix[1][:kept], self._matrix[2][:kept])
+        else:
+            self._matrix = None
 
     def drop(self) -> None:
         if self._created:
             self.db().execute(f"DROP TABLE IF EXISTS {self.table}")
             self._created = False
         self.vectors.clear()
+        self.times.clear()
         self._matrix = None
 
     def vector(self, number: int) -> list[float] | None:
         v = self.vectors.get(number)
         return None if v is None else v.tolist()
 
-    def dense(self, query: list[float]) -> dict[int, float]:
-        """Cosine similarity of every page to the query (embeddings are unit vectors)."""
-        if not self.vectors or not query:
-            return {}
+    def dense(self, query: list[float]) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Every page's number, cosine similarity to the query (embeddings are unit vectors),
+        and time, in one order."""
+        if not self.vectors:
+            return [], np.zeros(0, dtype=np.float32), np.zeros(0)
         if self._matrix is None:
             numbers = list(self.vectors)
-            self._matrix = (numbers, np.stack([self.vectors[n] for n in numbers]))
-        numbers, matrix = self._matrix
-        scores = matrix @ np.asarray(query, dtype=np.float32)
-        return dict(zip(numbers, scores.tolist()))
+            self._matrix = (
+                numbers, np.stack([self.vectors[n] for n in numbers]), np.array([self.times[n] for n in numbers])
+            )
+        numbers, matrix, times = self._matrix
+        if not query:
+            return numbers, np.zeros(len(numbers), dtype=np.float32), times
+        return numbers, matrix @ np.asarray(query, dtype=np.float32), times
 
     def lexical(self, words: list[str], limit: int, max_share: float = 1.0) -> dict[int, float]:
         """BM25 of the pages that contain any of `words` (higher is better), the best `limit`.
         A word found in more than `max_share` of the pages (a speaker's name on every line of
-        a transcript) tells nothing and is left out: BM25 would still rank its pages, by length."""
+        a transcript) tells nothing and is left out: BM25 would still rank its pages, by length.
+        (Any word may be on a few pages: the query's own, and in a small memory a few more.)"""
         if not words or not self._created:
             return {}
         if max_share < 1.0 and self.vectors:
-            most = max_share * len(self.vectors)
+            most = max(max_share * len(self.vectors), 4)
             words = [w for w in words if self._pages_with(w) <= most]
             if not words:
                 return {}

@@ -179,6 +179,7 @@ class Memory:
                 await self.pager.page_in(table, faulted)
                 table.faults += len(faulted)
                 for score in chosen:
+                    score.page.why = score
                     if score.page not in faulted:
                         self.pager.touch(score.page)
                 fault_ms = (time.perf_counter() - started) * 1000
@@ -275,6 +276,7 @@ class Memory:
                     room -= page.tokens
             hits = [Recalled(s.page, s.page.text or texts.get(s.page.number, ""), s.page in brought, s) for s in best]
             for score in best:
+                score.page.why = score
                 if score.page.resident:
                     self.pager.touch(score.page)
             if brought:

@@ -48,7 +48,8 @@ class Pager:
 
     async def open_store(self) -> None:
         """Open the store apart, so that its one-time start is not counted as paging."""
-        await trio.to_thread.run_sync(self.swap.collection)
+        if not self.swap.opened:
+            await trio.to_thread.run_sync(self.swap.collection)
 
     def touch(self, page: Page) -> None:
         self.clock += 1

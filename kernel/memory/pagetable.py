@@ -19,9 +19,12 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from llmos.kernel.memory.index import Index
+
+if TYPE_CHECKING:
+    from llmos.kernel.memory.ranking import Score
 
 LRU_K = 2  # LRU-K looks at the K-th most recent reference (O'Neil et al.: K=2 does most of the good)
 _WORDS = re.compile(r"\s*\S+|\s+")  # words with the whitespace before them, as BPE tokenizers see them
@@ -103,6 +106,7 @@ class Page:
     accesses: int = 0
     history: deque[int] = field(default_factory=lambda: deque(maxlen=LRU_K))
     referenced: bool = False  # CLOCK's reference bit
+    why: Score | None = None  # why a turn or a recall last admitted it by relevance
 
     @property
     def key(self) -> tuple[str, int]:
@@ -146,7 +150,7 @@ class PageTable:
             if said is not None:
                 page.time = said
             self.pages[page.number] = page
-            self.index.add(page.number, text, vector)
+            self.index.add(page.number, text, vector, page.time)
             self.next_number += 1
             self.next_position += tokens
             added.append(page)
@@ -164,7 +168,7 @@ class PageTable:
     def restore(self, page: Page, text: str, vector: list[float]) -> None:
         """Re-enter a page found in the store (a memory attached after a restart)."""
         self.pages[page.number] = page
-        self.index.add(page.number, text, vector)
+        self.index.add(page.number, text, vector, page.time)
         self.next_number = max(self.next_number, page.number + 1)
         self.next_message = max(self.next_message, page.message + 1)
         self.next_position = max(self.next_position, page.position + page.tokens)

@@ -19,12 +19,16 @@ turn that names the topic ("We adopted a dog!" / "What kind?" / "A beagle mix").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 
 from llmos.kernel.memory.index import Index
 from llmos.kernel.memory.pagetable import Page, PageTable
 from llmos.kernel.memory.when import Period
 
 RRF_K = 60  # the constant of reciprocal rank fusion, as in the paper; ranks past ~k count little
+LENDERS = 64  # the best hits whose neighbours are scored
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Weights:
     min_similarity: float = 0.3  # cosine at which a page is relevant on its own
     min_lexical: float = 0.5  # BM25, as a share of the best page's, at which a page is relevant on its own
     lexical_pool: int = 256  # the best BM25 pages looked at
+    pool: int = 256  # the most similar pages looked at
     max_word_share: float = 0.1  # a query word on more of the pages than this is not searched for
     close_hits: int = 1  # the best hits whose neighbours rank right after them
 
@@ -64,47 +69,71 @@ class Score:
 
 
 def rank(table: PageTable, index: Index, query: Query, weights: Weights, exclude: set[int]) -> list[Score]:
-    """The relevant pages and their neighbours, best first."""
-    pages = {n: p for n, p in table.pages.items() if not p.pinned and n not in exclude and n in index.vectors}
-    if not pages:
+    """The relevant pages and their neighbours, best first. Scores are kept for the best
+    `pool` pages by similarity and every page a word or a period picks: no other page could
+    be admitted before them."""
+    numbers, similarity, times = index.dense(query.vector)
+    eligible = np.array(
+        [(p := table.pages.get(n)) is not None and not p.pinned and n not in exclude for n in numbers], dtype=bool
+    )
+    if not eligible.any():
         return []
-    scores = {n: Score(p) for n, p in pages.items()}
-    dense = {n: s for n, s in index.dense(query.vector).items() if n in scores}
-    for r, (n, s) in enumerate(sorted(dense.items(), key=lambda item: -item[1]), start=1):
-        score = scores[n]
-        score.dense, score.dense_rank = s, r
-        score.fused += weights.dense / (RRF_K + r)
-        score.relevant = s >= weights.min_similarity
+    similarity = np.where(eligible, similarity, -np.inf)
+    order = np.argsort(-similarity, kind="stable")[: int(eligible.sum())]
+    dense_rank = np.empty(len(numbers), dtype=np.int64)
+    dense_rank[order] = np.arange(1, len(order) + 1)
+    scores: dict[int, Score] = {}
+
+    def score_of(i: int) -> Score:
+        n = numbers[i]
+        score = scores.get(n)
+        if score is None:
+            score = scores[n] = Score(table.pages[n], dense=float(similarity[i]))
+            if weights.dense > 0:
+                score.dense_rank = int(dense_rank[i])
+                score.fused += weights.dense / (RRF_K + score.dense_rank)
+                score.relevant = score.dense >= weights.min_similarity
+        return score
+
+    for i in order[: weights.pool].tolist():
+        score_of(i)
+    row = {n: i for i, n in enumerate(numbers)}
     lexical = index.lexical(query.words, weights.lexical_pool, weights.max_word_share) if weights.lexical > 0 else {}
-    lexical = {n: s for n, s in lexical.items() if n in scores}
+    lexical = {n: s for n, s in lexical.items() if n in row and eligible[row[n]]}
     best = max(lexical.values(), default=0.0)
     for r, (n, s) in enumerate(sorted(lexical.items(), key=lambda item: -item[1]), start=1):
-        score = scores[n]
+        score = score_of(row[n])
         score.lexical, score.lexical_rank = s, r
         score.fused += weights.lexical / (RRF_K + r)
         score.relevant |= best > 0 and s >= weights.min_lexical * best
-    if query.periods:
-        for score in scores.values():
-            if any(period.contains(score.page.time) for period in query.periods):
-                score.time = True
-                score.fused += weights.time / (RRF_K + 1)
+    if query.periods and weights.time > 0:
+        inside = np.zeros(len(numbers), dtype=bool)
+        for period in query.periods:
+            inside |= period.within(times)
+        for i in np.flatnonzero(inside & eligible)[: weights.pool].tolist():
+            score = score_of(i)
+            score.time = True
+            score.fused += weights.time / (RRF_K + 1)
     for score in scores.values():
         score.score = score.fused if score.relevant else 0.0
     if weights.neighbour > 0:
-        _neighbours(table, scores, weights.neighbour, weights.close_hits)
+        _neighbours(table, scores, weights.neighbour, weights.close_hits, lambda n: score_of(row[n]) if n in row and eligible[row[n]] else None)
     ranked = [s for s in scores.values() if s.score > 0]
     ranked.sort(key=lambda s: (-s.score, s.page.number))
     return ranked
 
 
-def _neighbours(table: PageTable, scores: dict[int, Score], share: float, close: int) -> None:
+def _neighbours(
+    table: PageTable, scores: dict[int, Score], share: float, close: int, score_of: Callable[[int], Score | None]
+) -> None:
     """A relevant page lends `share` of its score to the other pages of its message and to
     the messages beside it, and half that to the messages two away (a question, its answer,
-    and the answer's follow-up)."""
+    and the answer's follow-up). Only the best hits lend: the others' neighbours would rank
+    past any budget."""
     by_message: dict[int, list[int]] = {}
     for n, p in table.pages.items():
         by_message.setdefault(p.message, []).append(n)
-    hits = sorted((s for s in scores.values() if s.relevant), key=lambda s: -s.fused)
+    hits = sorted((s for s in scores.values() if s.relevant), key=lambda s: -s.fused)[:LENDERS]
     for i, hit in enumerate(hits):
         m = hit.page.message
         for distance in (0, 1, 2):
@@ -112,7 +141,7 @@ def _neighbours(table: PageTable, scores: dict[int, Score], share: float, close:
             if i < close:  # right after the hit itself
                 lent = hit.fused * (1 - 0.01 * (distance + 1))
             for n in by_message.get(m - distance, []) + (by_message.get(m + distance, []) if distance else []):
-                other = scores.get(n)
+                other = score_of(n)
                 if other is None or other is hit or other.score >= lent:
                     continue
                 other.score, other.neighbour_of = lent, hit.page.number

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
+
 _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
 _MONTHS |= {name.lower(): i for i, name in enumerate(calendar.month_abbr) if name}
 _MONTHS["sept"] = 9
@@ -45,6 +47,31 @@ class Period:
         if self.month is not None and when.month != self.month:
             return False
         return self.day is None or when.day == self.day
+
+    def within(self, times: np.ndarray) -> np.ndarray:
+        """Which of `times` fall in the period (vectorised `contains`)."""
+        if not len(times):
+            return np.zeros(0, dtype=bool)
+        years = [self.year] if self.year is not None else range(
+            datetime.fromtimestamp(float(times.min())).year, datetime.fromtimestamp(float(times.max())).year + 1
+        )
+        inside = np.zeros(len(times), dtype=bool)
+        for year in years:
+            start, end = self._span(year)
+            inside |= (times >= start) & (times < end)
+        return inside
+
+    def _span(self, year: int) -> tuple[float, float]:
+        if self.month is None:
+            return datetime(year, 1, 1).timestamp(), datetime(year + 1, 1, 1).timestamp()
+        if self.day is None:
+            after = datetime(year + 1, 1, 1) if self.month == 12 else datetime(year, self.month + 1, 1)
+            return datetime(year, self.month, 1).timestamp(), after.timestamp()
+        try:
+            start = datetime(year, self.month, self.day)
+        except ValueError:  # 30 February
+            return 0.0, 0.0
+        return start.timestamp(), (start + timedelta(days=1)).timestamp()
 
     def near(self, t: float, days: int) -> bool:
         """Within `days` of the period (a message says "yesterday" about the day before)."""
