@@ -181,12 +181,13 @@ def _config(base: MemoryConfig, budget: int, overrides: dict[str, Any]) -> Memor
 
 
 async def _tell(memory: Memory, sh: Any, conv: Conversation, progress: Callable[[str], None], label: str) -> list[list[int]]:
-    """Every utterance into the process's memory; returns each utterance's pages."""
-    await memory.store(sh.pid, "system", SYSTEM, pinned=True)
+    """Every utterance into the process's memory (mem.store, with the time it was said);
+    returns each utterance's pages."""
+    await sh.call("mem.store", text=SYSTEM, role="system", pin=True)
     pages: list[list[int]] = []
     for i, turn in enumerate(conv.turns):
-        stored, _ = await memory.store(sh.pid, "user", turn.line, said=turn.time)
-        pages.append([p.number for p in stored])
+        stored = await sh.call("mem.store", text=turn.line, time=turn.time)
+        pages.append(stored.pages)
         if i % 50 == 0:
             progress(f"{label}: told {i}/{len(conv.turns)}")
     return pages

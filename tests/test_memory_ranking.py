@@ -8,8 +8,9 @@ from datetime import datetime
 
 import numpy as np
 import trio
-
 from conftest import kernel_with
+from test_memory import EMBEDDER, with_memory
+
 from llmos.benchmarks.dialogues import generate
 from llmos.kernel.memory.index import Index
 from llmos.kernel.memory.pagetable import Page, cut
@@ -18,7 +19,6 @@ from llmos.kernel.memory.ranking import Score
 from llmos.kernel.memory.turn import admit
 from llmos.kernel.memory.when import Period, day, periods
 from llmos.runtime import session
-from test_memory import EMBEDDER, with_memory
 
 
 def ts(y: int, m: int, d: int) -> float:
