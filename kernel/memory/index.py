@@ -16,8 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 import sqlite3
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 _STOPWORDS = frozenset(
     """a an the of in on at to is are was were be been by for with and or but not no yes it its
@@ -28,6 +27,9 @@ _STOPWORDS = frozenset(
 )
 _WORD = re.compile(r"[^\W_]+")
 _tables = itertools.count()
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def content_words(text: str) -> list[str]:
@@ -63,6 +65,8 @@ class Index:
         return len(self.vectors)
 
     def add(self, number: int, text: str, vector: list[float] | np.ndarray, said: float = 0.0) -> None:
+        import numpy as np  # here, not at import: the kernel boots without it
+
         self._ensure()
         self.db().execute(f"INSERT OR REPLACE INTO {self.table}(rowid, text) VALUES (?, ?)", (number, text))
         replaced = number in self.vectors
@@ -102,6 +106,8 @@ class Index:
     def dense(self, query: list[float]) -> tuple[list[int], np.ndarray, np.ndarray]:
         """Every page's number, cosine similarity to the query (embeddings are unit vectors),
         and time, in one order."""
+        import numpy as np  # here, not at import: the kernel boots without it
+
         if not self.vectors:
             return [], np.zeros(0, dtype=np.float32), np.zeros(0)
         if self._matrix is None:

@@ -225,9 +225,6 @@ class Memory:
         async with self.lock:
             return await self._append(self.table(pid), [("assistant", reply, False)])
 
-    def in_turn(self, pid: int) -> bool:
-        return pid in self.turns
-
     async def forget(self, pid: int, numbers: list[int]) -> None:
         """Take pages out of the memory again (a turn that was not to be remembered)."""
         async with self.lock:

@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from llmos.kernel.memory.index import Index
 from llmos.kernel.memory.pagetable import Page, PageTable
 from llmos.kernel.memory.when import Period
@@ -72,6 +70,8 @@ def rank(table: PageTable, index: Index, query: Query, weights: Weights, exclude
     """The relevant pages and their neighbours, best first. Scores are kept for the best
     `pool` pages by similarity and every page a word or a period picks: no other page could
     be admitted before them."""
+    import numpy as np  # here, not at import: the kernel boots without it
+
     numbers, similarity, times = index.dense(query.vector)
     eligible = np.array(
         [(p := table.pages.get(n)) is not None and not p.pinned and n not in exclude for n in numbers], dtype=bool

@@ -12,8 +12,11 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
 _MONTHS |= {name.lower(): i for i, name in enumerate(calendar.month_abbr) if name}
@@ -50,6 +53,8 @@ class Period:
 
     def within(self, times: np.ndarray) -> np.ndarray:
         """Which of `times` fall in the period (vectorised `contains`)."""
+        import numpy as np  # here, not at import: the kernel boots without it
+
         if not len(times):
             return np.zeros(0, dtype=bool)
         years = [self.year] if self.year is not None else range(
