@@ -7,9 +7,11 @@ each process its new text, retire finished sequences. Requests join and leave be
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass, field
+
 import trio
 
 from llmos.kernel.model.backend import Backend, StepPlan, WorkItem
@@ -24,6 +26,27 @@ class ContextTooLong(ValueError):
     pass
 
 
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+INTER_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Cumulative counts of latencies (seconds) by upper bound, as Prometheus histograms keep
+    them; the last count is everything above the largest bound."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+
 @dataclass
 class EngineStats:
     steps: int = 0
@@ -32,6 +55,10 @@ class EngineStats:
     busy_time: float = 0.0  # seconds inside forward passes
     failed_steps: int = 0  # forward passes that raised; their requests failed with EIO
     batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
+    prefix_hits: int = 0  # requests whose prompt began with KV already computed (retained or shared)
+    cached_tokens: int = 0  # prompt tokens those requests did not prefill
+    ttft: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(TTFT_BUCKETS))  # submit -> first token
+    inter_token: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(INTER_TOKEN_BUCKETS))
 
     def note_batch(self, n: int) -> None:
         self.batch_sizes.append(n)
@@ -49,6 +76,7 @@ class Engine:
         self._wakeup = trio.Event()
         self._channels: dict[int, trio.MemorySendChannel[str]] = {}  # id(seq) -> text sink
         self._receivers: dict[int, trio.MemoryReceiveChannel[str]] = {}
+        self._last_token_at: dict[int, float] = {}  # id(seq) -> when its latest token came (inter-token latency)
         self.recorded: list[tuple[list[int], SamplingParams]] | None = None  # set to a list to record calls
 
     # -- the process side ---------------------------------------------------------------
@@ -78,6 +106,9 @@ class Engine:
             self.recorded.append((list(prompt_ids), params))
         seq = Sequence(proc, prompt_ids, params, kv, self.backend.decode, self.backend.eos_ids)
         seq.cached_tokens = kv.length
+        if kv.length:
+            self.stats.prefix_hits += 1
+            self.stats.cached_tokens += kv.length
         send, recv = trio.open_memory_channel[str](math.inf)
         self._channels[id(seq)] = send
         self._receivers[id(seq)] = recv
@@ -99,6 +130,7 @@ class Engine:
         (the process was killed, or the call timed out) it leaves the batch now."""
         self._channels.pop(id(seq), None)
         self._receivers.pop(id(seq), None)
+        self._last_token_at.pop(id(seq), None)
         if seq.status is not SeqStatus.FINISHED:
             seq.cancelled = True
             self.scheduler.remove(seq)
@@ -177,6 +209,7 @@ class Engine:
             if token is None:
                 continue
             delta = seq.append(token)
+            self._time_token(seq)
             proc.generated_tokens += 1
             self.stats.tokens_generated += 1
             self.scheduler.account(seq, 1)
@@ -186,8 +219,18 @@ class Engine:
             if seq.status is SeqStatus.FINISHED:
                 self._retire(seq)
 
+    def _time_token(self, seq: Sequence) -> None:
+        now = time.monotonic()
+        last = self._last_token_at.get(id(seq))
+        if last is None:
+            self.stats.ttft.observe(now - seq.arrived)
+        else:
+            self.stats.inter_token.observe(now - last)
+        self._last_token_at[id(seq)] = now
+
     def _retire(self, seq: Sequence) -> None:
         """A finished sequence leaves the batch; its reader sees the end of its text."""
+        self._last_token_at.pop(id(seq), None)
         self.scheduler.remove(seq)
         send = self._channels.get(id(seq))
         if send is not None:
