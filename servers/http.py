@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import trio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos.kernel.kernel import Kernel
@@ -101,11 +102,6 @@ class AuthGuard:
         self.kernel.audit.record(0, "auth", args, result, 0.0)
 
 
-def bearer(request: Request) -> str | None:
-    scheme, _, key = (request.headers.get("authorization") or "").partition(" ")
-    return key.strip() if scheme.lower() == "bearer" else None
-
-
 # -- the app ------------------------------------------------------------------------------------
 
 
@@ -113,9 +109,10 @@ def make_app(kernel: Kernel, token: str, gate: "ConnectionGate | None" = None, t
     from llmos.servers import console, metrics, openai_api
 
     guard = AuthGuard(token, kernel, gate)
+    scheme = HTTPBearer(auto_error=False, description="the daemon's token (daemon.token in its data directory)")
 
-    async def authenticated(request: Request) -> None:
-        guard.check(request, bearer(request))
+    async def authenticated(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        guard.check(request, creds.credentials if creds is not None else None)
 
     app = FastAPI(
         title="llmos daemon", version="1", docs_url=None, redoc_url=None,
@@ -127,6 +124,7 @@ def make_app(kernel: Kernel, token: str, gate: "ConnectionGate | None" = None, t
     app.include_router(openai_api.router(kernel, authenticated))
     app.include_router(metrics.router(kernel, authenticated, guard, telemetry))
     console.install(app, kernel, authenticated, telemetry)
+    _document_served_model(app, kernel)
 
     @app.exception_handler(HttpError)
     async def on_http_error(request: Request, exc: HttpError) -> JSONResponse:
@@ -151,6 +149,23 @@ def make_app(kernel: Kernel, token: str, gate: "ConnectionGate | None" = None, t
         return JSONResponse(HttpError(exc.status_code, message).body(), exc.status_code, headers=exc.headers)
 
     return app
+
+
+def _document_served_model(app: FastAPI, kernel: Kernel) -> None:
+    """The document names the one model this daemon serves, so a client (or a fuzzer) built from
+    it asks for that model, as the API requires."""
+    from llmos.servers.openai_api import model_id
+
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            request = schema.get("components", {}).get("schemas", {}).get("CompletionRequest", {})
+            request.get("properties", {}).get("model", {})["enum"] = [model_id(kernel)]
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class BodyLimit:
@@ -201,7 +216,7 @@ async def _too_large(send: Any, limit: int) -> None:
 
 
 @dataclass
-class Connection:
+class Slot:
     scope: trio.CancelScope
     authenticated: bool = False
     shed: bool = False
@@ -213,7 +228,7 @@ class ConnectionGate:
 
     max_clients: int
     auth_deadline: float = AUTH_DEADLINE
-    open: "OrderedDict[tuple, Connection]" = field(default_factory=OrderedDict)
+    open: "OrderedDict[tuple, Slot]" = field(default_factory=OrderedDict)
     shed: int = 0  # unauthenticated connections closed to make room or at their deadline
     refused: int = 0  # connections refused with 503 (all slots authenticated)
 
@@ -223,7 +238,7 @@ class ConnectionGate:
             self.refused += 1
             await _refuse(stream)
             return
-        conn = Connection(trio.CancelScope(deadline=trio.current_time() + self.auth_deadline))
+        conn = Slot(trio.CancelScope(deadline=trio.current_time() + self.auth_deadline))
         self.open[key] = conn
         try:
             with conn.scope:
@@ -283,7 +298,14 @@ async def serve_http(
     from hypercorn.trio.worker_context import WorkerContext
     from hypercorn.utils import wrap_app
 
-    gate = ConnectionGate(max_clients)
+    class Connection(TCPServer):
+        async def _read_data(self) -> None:
+            await super()._read_data()
+            # The client has closed its end: nothing to keep alive. (TCPServer would otherwise
+            # wait out the keep-alive timer, and the connection would hold its slot meanwhile.)
+            await self.idle_task.stop()
+
+    gate = ConnectionGate(max_clients, AUTH_DEADLINE)
     app = make_app(kernel, token, gate, telemetry)
     config = Config()
     config.keep_alive_timeout = KEEP_ALIVE
@@ -297,7 +319,7 @@ async def serve_http(
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def handle(stream: trio.SocketStream) -> None:
-        await TCPServer(wrapped, config, context, {}, stream).run()
+        await Connection(wrapped, config, context, {}, stream).run()
 
     async def admit(stream: trio.SocketStream) -> None:
         try:

@@ -12,7 +12,7 @@ in `ps` while it runs. The routes are a FastAPI router (servers/http.py serves t
 protocol's bodies are pydantic models in servers/openai_models.py.
 
 Differences from OpenAI: one choice (n=1), text content only, no tools or logprobs (refused
-with 400, not ignored); unknown harmless fields (user, presence_penalty, ...) are ignored;
+with 400, not ignored: the request model says so, and /openapi.json with it); unknown harmless fields (user, presence_penalty, ...) are ignored;
 `temperature` defaults to 1 and `max_tokens` to DEFAULT_MAX_TOKENS.
 """
 
@@ -179,20 +179,12 @@ def _check(kernel: Kernel, req: CompletionRequest) -> None:
     if req.model != model_id(kernel):
         raise HttpError(404, f"model {req.model!r} is not served here; this daemon serves {model_id(kernel)!r}",
                         "model_not_found", "model")
-    if req.n != 1:
-        raise HttpError(400, "only n=1 is supported", "unsupported", "n")
-    if req.tools:
-        raise HttpError(400, "tools are not supported by this endpoint", "unsupported", "tools")
-    if req.logprobs:
-        raise HttpError(400, "logprobs are not supported", "unsupported", "logprobs")
 
 
 def _syscall_args(req: CompletionRequest) -> dict[str, Any]:
     messages = []
     for m in req.messages:
         if isinstance(m.content, list):
-            if any(p.type != "text" for p in m.content):
-                raise HttpError(400, "only text content parts are supported", "unsupported", "messages")
             text = "".join(p.text or "" for p in m.content)
         else:
             text = m.content or ""

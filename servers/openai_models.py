@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 class ContentPart(BaseModel):
     model_config = {"extra": "ignore"}
-    type: str
+    type: Literal["text"] = Field(description="only text parts are supported")
     text: str | None = None
 
 
@@ -45,9 +45,9 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
-    tools: list[Any] | None = None
-    logprobs: bool | None = None
+    n: int = Field(default=1, ge=1, le=1, description="only one choice is supported")
+    tools: list[Any] | None = Field(default=None, max_length=0, description="not supported yet")
+    logprobs: Literal[False] | None = Field(default=None, description="not supported")
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks)
 
 
