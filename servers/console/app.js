@@ -183,7 +183,9 @@ function makeRow(pid) {
   stateCell.appendChild(badge);
   const cells = { name, state: badge, nice: cell("num"), tokens: cell("num"), rate: cell("num"), pages: cell("num"),
     kv: cell("num"), age: cell("num") };
-  const actions = cell("actions");
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  cell("acts").appendChild(actions);
   return { tr, cells, actions };
 }
 
