@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 import trio
 
 from llmos.config import KernelConfig
+from llmos.kernel.loader import LazyBackend, ModelLoadError
 from llmos.kernel.proc import program
 from llmos.kernel.state.audit import AuditLog
 from llmos.kernel.model.backend import Backend
@@ -59,7 +60,7 @@ class TableFull(RuntimeError):
 
 
 class Kernel:
-    def __init__(self, config: KernelConfig, backend: Backend | RemoteModel, handle_factory: HandleFactory) -> None:
+    def __init__(self, config: KernelConfig, backend: Backend | LazyBackend | RemoteModel, handle_factory: HandleFactory) -> None:
         self.config = config
         self.backend = backend
         self.scheduler = Scheduler(
@@ -97,8 +98,8 @@ class Kernel:
         config = config or KernelConfig()
         if backend is None and is_remote(config.model):
             backend = await RemoteModel.open(config.model)
-        elif backend is None:
-            backend = await trio.to_thread.run_sync(Backend.load, config.model, config.dtype, config.threads)
+        elif backend is None:  # the weights load on the first LLM call (kernel/loader.py)
+            backend = await trio.to_thread.run_sync(LazyBackend.open, config.model, config.dtype, config.threads)
         if handle_factory is None:
             from llmos.runtime import local_handle  # the SDK sits above the kernel
 
@@ -106,13 +107,28 @@ class Kernel:
         kernel = cls(config, backend, handle_factory)
         async with trio.open_nursery() as nursery:
             kernel._nursery = nursery
-            nursery.start_soon(kernel.engine.run)
+            nursery.start_soon(kernel._run_engine)
             try:
                 yield kernel
             finally:
                 with trio.CancelScope(deadline=trio.current_time() + MEMORY_CLOSE_SECONDS, shield=True):
                     await kernel.memory.close()
                 nursery.cancel_scope.cancel()
+
+    async def _run_engine(self) -> None:
+        """The engine's loop. A model not loaded yet loads when the first request arrives
+        (the requests queue meanwhile); watchers see it start and end as kernel events."""
+        backend = self.backend
+        if isinstance(backend, LazyBackend) and not backend.loaded:
+            await self.engine.requested()
+            self.events.publish(Event(KERNEL_PID, "kernel", f"loading the model {backend.name} (first LLM call)…"))
+            try:
+                await trio.to_thread.run_sync(backend.load)
+            except ModelLoadError as exc:  # the step that needs it fails its requests with EIO
+                self.events.publish(Event(KERNEL_PID, "kernel", str(exc)))
+            else:
+                self.events.publish(Event(KERNEL_PID, "kernel", f"model {backend.name} loaded in {backend.load_seconds:.1f} s"))
+        await self.engine.run()
 
     # -- processes -----------------------------------------------------------------------
 

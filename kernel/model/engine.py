@@ -117,6 +117,12 @@ class Engine:
         self._wakeup.set()
         return seq
 
+    async def requested(self) -> None:
+        """Return once a request has been submitted (the kernel loads a lazy model then)."""
+        while not len(self.scheduler):
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
     def wake(self) -> None:
         """Something changed that may let the scheduler make progress (a process continued)."""
         self._wakeup.set()
