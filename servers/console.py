@@ -130,7 +130,8 @@ def router(kernel: Kernel, authenticated: Any, telemetry: Any) -> APIRouter:
             return JSONResponse({"error": err.info().model_dump(mode="json")}, STATUS_OF.get(err.errno, 500))
         return JSONResponse({"result": result.model_dump(mode="json")})
 
-    @guarded.get("/live", responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+    @guarded.get("/live", responses={200: {"content": {"text/event-stream": {"schema": {
+        "type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}}},
                                            "description": "events `history` (once) and `snapshot` (each second)"}})
     async def live() -> Response:
         """The console's live feed."""

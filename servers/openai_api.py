@@ -46,9 +46,11 @@ from llmos.servers.openai_models import (
     PromptTokensDetails,
 )
 from llmos.syscalls.errors import SyscallError
+from llmos.syscalls.llm import ChatRequest
 from llmos.syscalls.table import dispatch
 
 DEFAULT_MAX_TOKENS = 1024
+_LLM_CHAT_MAX_TOKENS = next(m.le for m in ChatRequest.model_fields["max_tokens"].metadata if getattr(m, "le", None))
 
 
 def model_id(kernel: Kernel) -> str:
@@ -84,7 +86,8 @@ def router(kernel: Kernel, authenticated: Any) -> APIRouter:
         "/chat/completions",
         response_model=ChatCompletion,
         responses={200: {"content": {"text/event-stream": {"schema": {
-            "type": "string", "description": "server-sent events: ChatCompletionChunk objects, then [DONE]"}}}}},
+            "type": "object", "description": "one server-sent event: a ChatCompletionChunk as JSON, then [DONE]",
+            "properties": {"data": {"type": "string"}}, "required": ["data"]}}}}},
     )
     async def chat_completions(req: CompletionRequest, request: Request) -> Response:
         """A chat completion, run as a short-lived process; `stream: true` sends server-sent events."""
@@ -190,12 +193,17 @@ def _syscall_args(req: CompletionRequest) -> dict[str, Any]:
             text = m.content or ""
         messages.append({"role": "system" if m.role == "developer" else m.role, "content": text})
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    temperature = 1.0 if req.temperature is None else req.temperature
+    top_p = 1.0 if req.top_p is None else req.top_p
+    if top_p == 0:  # a nucleus of nothing but the likeliest token (OpenAI accepts 0; llm.chat wants > 0)
+        temperature, top_p = 0.0, 1.0
     return {
         "messages": messages,
-        "max_tokens": req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
-        "temperature": 1.0 if req.temperature is None else req.temperature,
-        "top_p": 1.0 if req.top_p is None else req.top_p,
-        "seed": req.seed,
+        # More than llm.chat takes could never be generated anyway (the context is shorter).
+        "max_tokens": min(req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS, _LLM_CHAT_MAX_TOKENS),
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": None if req.seed is None else req.seed % 2**63,  # the sampler's generator takes 64 bits
         "stop": stop,
         "stream": req.stream,
         "ignore_eos": req.ignore_eos,

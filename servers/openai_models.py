@@ -1,17 +1,26 @@
 """The OpenAI chat-completions protocol as pydantic models: what clients send and what they get.
 
-Requests ignore fields they do not know (OpenAI clients send many harmless ones: user,
-presence_penalty, ...), and refuse what llmos cannot honour (servers/openai_api.py checks
-`n`, `tools`, `logprobs`). Responses are declared too, so the OpenAPI document at
-/openapi.json describes every body the API returns, and the schemathesis test holds the
-server to it.
+Requests are validated strictly (`false` is a boolean, `0` is not), ignore fields they do not
+know (OpenAI clients send many harmless ones: user, presence_penalty, ...), and refuse what
+llmos cannot honour (`n` > 1, `tools`, `logprobs`). Responses are declared too, so the
+OpenAPI document at /openapi.json describes every body the API returns, and the schemathesis
+test holds the server to it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, field_validator
+
+
+def _exactly(kinds: tuple[type, ...], name: str, value: Any) -> Any:
+    """A value must arrive as the JSON type the schema names: pydantic's lax mode would take "5"
+    for a number and 0 for a boolean, its strict mode would refuse 2.0 for an integer (JSON
+    Schema counts it as one). So: lax, except that strings and booleans are not numbers."""
+    if value is not None and (isinstance(value, (str, bool)) != (bool in kinds) or not isinstance(value, kinds)):
+        raise ValueError(f"must be {name}")
+    return value
 
 # -- requests -------------------------------------------------------------------------------
 
@@ -30,7 +39,7 @@ class ChatMessage(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = {"extra": "ignore"}
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class CompletionRequest(BaseModel):
@@ -40,15 +49,25 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    top_p: float | None = Field(default=None, ge=0, le=1, description="0 keeps only the likeliest token: greedy")
+    seed: int | None = Field(default=None, description="any integer (taken modulo 2^63)")
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice is supported")
     tools: list[Any] | None = Field(default=None, max_length=0, description="not supported yet")
     logprobs: Literal[False] | None = Field(default=None, description="not supported")
-    ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks)
+    ignore_eos: StrictBool = False
+
+    @field_validator("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        return _exactly((int, float), "a number", value)
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _a_boolean(cls, value: Any) -> Any:
+        return _exactly((bool,), "false", value)  # vLLM's extension: generate exactly max_tokens (benchmarks)
 
 
 # -- responses ------------------------------------------------------------------------------
