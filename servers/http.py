@@ -56,7 +56,7 @@ AUTH_WINDOW = 60.0
 
 
 class AuthGuard:
-    """Checks the token; audits and rate-limits failures per client address.
+    """Checks the token; audits and rate-limits wrong tokens per client address.
 
     Past AUTH_FAILURES failures within AUTH_WINDOW an address gets 429 (with Retry-After) and
     its connection closed, and its further failures are counted but not audited one by one
@@ -78,6 +78,8 @@ class AuthGuard:
                 self.gate.authenticated(tuple(client))
             return
         self.refused += 1
+        if not given:  # no credential at all: nobody tried to log in, so nothing to audit or slow down
+            raise HttpError(401, "this needs the daemon's token: Authorization: Bearer <daemon.token>", "invalid_api_key")
         host = client[0] if client else "?"
         now = time.monotonic()
         recent = self.failures.setdefault(host, deque())
