@@ -36,6 +36,7 @@ def render_event(console: Console, event: Event, names: dict[int, str]) -> None:
 
 
 ECHO_CHARS = 40  # a log line repeating at least this much of what a process streamed says so instead
+SHORT_ANSWER = 12  # ...or repeating a whole answer of at least this many characters
 
 
 class Voices:
@@ -54,10 +55,18 @@ class Voices:
         self.open: int | None = None  # whose line is open on the screen
         self.held: dict[int, str] = {}  # text not printed yet, by pid, oldest voice first
         self.streamed: dict[int, str] = {}  # what each process streamed lately
+        self.answers: dict[int, list[str]] = {}  # its latest completions (llm.chat ends each with a "\n" event)
+        self._current: dict[int, str] = {}
 
     def __call__(self, event: Event) -> None:
         if event.kind == "text":
             self.streamed[event.pid] = (self.streamed.get(event.pid, "") + event.text)[-8000:]
+            if event.text == "\n":
+                answer = self._current.pop(event.pid, "").strip()
+                if answer:
+                    self.answers[event.pid] = [answer, *self.answers.get(event.pid, [])][:8]
+            else:
+                self._current[event.pid] = self._current.get(event.pid, "") + event.text
             self.held[event.pid] = self.held.get(event.pid, "") + event.text
             self._flush()
             return
@@ -109,6 +118,9 @@ class Voices:
     def _elide(self, pid: int, text: str) -> str:
         from difflib import SequenceMatcher
 
+        for answer in sorted(self.answers.get(pid, []), key=len, reverse=True):  # a whole answer, however short
+            if len(answer) >= SHORT_ANSWER and answer in text:
+                return text.replace(answer, "(streamed above)")
         streamed = self.streamed.get(pid, "")
         if len(text) < ECHO_CHARS or not streamed:
             return text

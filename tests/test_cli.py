@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ def test_run_fanout_example():
     answers = json.loads(r.stdout[r.stdout.index("\n{") :])
     for i, question in enumerate(("What is a CPU?", "What is RAM?")):
         lines = [line.split("] ", 1)[1] for line in r.stdout.splitlines() if line.startswith(f"answer-{i}[")]
-        assert answers[question].strip() in "\n".join(lines), (question, lines)
+        # (a log line or an exit may cut a streamed line; its voice goes on on the next one)
+        assert answers[question].replace("\n", "") in "".join(lines), (question, lines)
 
 
 def test_run_missing_file_and_missing_entry(tmp_path):
@@ -119,7 +121,7 @@ def test_shell_send_text_or_json_and_kernel():
     assert "sent to 2 (text)" in out and "sent to 2 (JSON dict)" in out
     assert "not JSON" in out  # refused, not sent as text behind the user's back
     result = out[out.index("pid 2 (receiver) exited 0"):]
-    assert "'body': '{\"x\": 1}'" in result  # the text as typed, quotes and all
-    assert "'body': {'x': 1}" in result  # the JSON object
-    assert "'body': 'two  spaces kept'" in result
+    assert re.search(r"'body':\s*'\{\"x\": 1\}'", result)  # the text as typed, quotes and all
+    assert re.search(r"'body':\s*\{'x': 1\}", result)  # the JSON object
+    assert re.search(r"'body':\s*'two  spaces kept'", result)
     assert "local kernel in this process" in out  # `kernel` says where the shell is
