@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -25,12 +24,18 @@ from typing import Any, AsyncIterator
 import trio
 from pydantic import BaseModel, ValidationError
 
+from llmos.abi import SYSCALLS, ProcessExit
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.wire import (
+    MAX_REPLY_FRAME,
+    HelloReply,
+    LineReader,
+    Oversized,
+    encode,
+    error_from,
+)
 from llmos.agents.sdk import Emit, Sys
 from llmos.config import data_dir
-from llmos.kernel.kernel import ProcessExit
-from llmos.syscalls import TABLE
-from llmos.syscalls.errors import Errno, SyscallError
-from llmos.syscalls.wire import MAX_REPLY_FRAME, HelloReply, LineReader, Oversized, encode, error_from
 
 SOCKET_FILE, TOKEN_FILE = "daemon.sock", "daemon.token"
 
@@ -91,7 +96,7 @@ class RemoteTransport:
         return self.hello
 
     async def call(self, name: str, args: dict[str, Any], emit: Emit | None = None) -> BaseModel:
-        entry = TABLE.get(name)
+        entry = SYSCALLS.get(name)
         result = await self._request({"op": "call", "name": name, "args": args}, emit, entry.chunk if entry else Reply)
         response = _model(entry.response if entry else Reply, result, name)
         if name == "proc.exit":  # as in-process: exit does not return to the program

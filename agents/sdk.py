@@ -4,9 +4,10 @@
         reply = await sys.llm.chat("Say hello", on_text=print)
         await sys.log(reply.content)
 
-Every method is a syscall through a Transport: in-process (`LocalTransport`, straight into
-the syscall table) or remote (a daemon client). The program cannot tell which, which is the
-point: the same agent runs in both places unchanged.
+Every method is a syscall through a Transport: the agent worker's channel to its kernel, a
+daemon connection (agents/remote.py), or, for trusted code, a call straight into the syscall
+table (llmos.runtime). The program cannot tell which, which is the point: the same agent runs
+in all of them unchanged. The SDK imports only the ABI (llmos.abi), never the kernel.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 import trio
 from pydantic import BaseModel
 
-from llmos.syscalls.errors import Errno, SyscallError  # noqa: F401  (re-exported for agents)
-from llmos.syscalls.llm import ChatChunk, ChatResponse
-from llmos.syscalls.mem import MemChatResponse, MemStat, RecallHit
-from llmos.syscalls.proc import PidResponse, ProcInfo, WaitResponse
+from llmos.abi.errors import Errno, SyscallError  # noqa: F401  (re-exported for agents)
+from llmos.abi.llm import ChatChunk, ChatResponse
+from llmos.abi.mem import MemChatResponse, MemStat, RecallHit
+from llmos.abi.proc import PidResponse, ProcInfo, WaitResponse
 
 Emit = Callable[[BaseModel], Awaitable[None]]
 TextCallback = Callable[[str], Any]
@@ -32,19 +33,6 @@ class Transport(Protocol):
     pid: int
 
     async def call(self, name: str, args: dict[str, Any], emit: Emit | None = None) -> BaseModel: ...
-
-
-class LocalTransport:
-    """Calls go straight into the kernel's syscall table, as process `pid`."""
-
-    def __init__(self, kernel: Any, pid: int) -> None:
-        self.kernel = kernel
-        self.pid = pid
-
-    async def call(self, name: str, args: dict[str, Any], emit: Emit | None = None) -> BaseModel:
-        from llmos.syscalls import dispatch
-
-        return await dispatch(self.kernel, self.pid, name, args, emit)
 
 
 class Sys:
@@ -297,10 +285,20 @@ class MCP:
         self._sys = sys
 
     async def mount(
-        self, prefix: str, command: str, *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+        self,
+        prefix: str,
+        command: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        call_timeout: float | None = None,
     ) -> list[str]:
-        """Start a stdio MCP server; returns the syscall names of its tools."""
-        r = await self._sys.call("mcp.mount", prefix=prefix, command=command, args=list(args), env=env or {}, timeout=timeout)
+        """Start a stdio MCP server; returns the syscall names of its tools. `timeout` bounds its
+        start and each tool call, unless `call_timeout` is given for the calls."""
+        r = await self._sys.call(
+            "mcp.mount", prefix=prefix, command=command, args=list(args), env=env or {}, timeout=timeout,
+            call_timeout=call_timeout,
+        )  # fmt: skip
         return r.tools  # type: ignore[attr-defined]
 
     async def unmount(self, prefix: str) -> None:

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from llmos.syscalls.errors import Errno, SyscallError
+from llmos.abi.errors import Errno, SyscallError
 
 MAX_RESULT_CHARS = 2000  # of a tool result shown to the model
 BAD_ARGUMENTS = (Errno.EINVAL, Errno.E2BIG)

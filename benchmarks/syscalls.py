@@ -29,9 +29,9 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from llmos.kernel.state.audit import AuditLog
 from llmos.kernel.kb import CHUNK_CHARS, KnowledgeBase, chunk_text
 from llmos.kernel.memory.vectorstore import open_client
+from llmos.kernel.state.audit import AuditLog
 from llmos.syscalls.tools import tool
 
 QUERIES = [

@@ -1,15 +1,33 @@
-"""Wiring the layers together: a kernel whose processes get an in-process SDK handle."""
+"""Wiring the layers together: a kernel whose processes get an in-process SDK handle.
+
+`LocalTransport` carries a process's syscalls straight into the syscall table: the path for
+code the kernel runs in its own interpreter, and for sessions (the shell, scripts) that boot
+a kernel here. It sits above syscalls/ and the SDK, which itself imports only the ABI."""
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
-from llmos.agents.sdk import LocalTransport, Sys
+from pydantic import BaseModel
+
+from llmos.agents.sdk import Emit, Sys
 from llmos.config import KernelConfig
-from llmos.kernel.model.backend import Backend
 from llmos.kernel.kernel import Kernel
+from llmos.kernel.model.backend import Backend
 from llmos.kernel.proc.process import Process
+from llmos.syscalls import dispatch
+
+
+class LocalTransport:
+    """Calls go straight into the kernel's syscall table, as process `pid`."""
+
+    def __init__(self, kernel: Kernel, pid: int) -> None:
+        self.kernel = kernel
+        self.pid = pid
+
+    async def call(self, name: str, args: dict[str, Any], emit: Emit | None = None) -> BaseModel:
+        return await dispatch(self.kernel, self.pid, name, args, emit)
 
 
 def local_handle(kernel: Kernel, proc: Process) -> Sys:
@@ -19,8 +37,6 @@ def local_handle(kernel: Kernel, proc: Process) -> Sys:
 @asynccontextmanager
 async def boot(config: KernelConfig | None = None, backend: Backend | None = None) -> AsyncIterator[Kernel]:
     """Start a kernel (loading the model unless `backend` is given); stop it on exit."""
-    import llmos.syscalls  # noqa: F401  (fills the syscall table)
-
     async with Kernel.boot(config, backend, local_handle) as kernel:
         yield kernel
 

@@ -27,11 +27,12 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from llmos.kernel.kernel import Kernel, ProcessExit, TableFull
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.proc import ProcessExit
+from llmos.kernel.kernel import Kernel, TableFull
 from llmos.kernel.proc.process import Process
 from llmos.kernel.proc.quota import tokens_used
 from llmos.servers.httperrors import ERROR_RESPONSES, STATUS_OF, HttpError
-from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import dispatch
 
 STATIC = Path(__file__).parent / "console"

@@ -38,14 +38,8 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from llmos.kernel.proc.capabilities import Capabilities
-from llmos.kernel.kernel import Kernel, TableFull
-from llmos.kernel.state.journal import Journal, Restored
-from llmos.kernel.proc.process import Process
-from llmos.servers.telemetry import Telemetry
-from llmos.syscalls.errors import Errno, SyscallError
-from llmos.syscalls.table import dispatch
-from llmos.syscalls.wire import (
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.wire import (
     MAX_FRAME,
     CallFrame,
     CancelFrame,
@@ -58,6 +52,12 @@ from llmos.syscalls.wire import (
     error_frame,
     parse_client_frame,
 )
+from llmos.kernel.kernel import Kernel, TableFull
+from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.proc.process import Process
+from llmos.kernel.state.journal import Journal, Restored
+from llmos.servers.telemetry import Telemetry
+from llmos.syscalls.table import dispatch
 
 DEFAULT_HTTP = ("127.0.0.1", 8470)
 HELLO_TIMEOUT = 10.0  # a connection must authenticate this soon

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmos.abi.errors import Errno, SyscallError
 from llmos.servers.openai_models import ErrorBody
-from llmos.syscalls.errors import Errno, SyscallError
 
 STATUS_OF = {Errno.EINVAL: 400, Errno.E2BIG: 400, Errno.EPERM: 403, Errno.ENOSYS: 404, Errno.ESRCH: 404,
              Errno.ENOENT: 404, Errno.ECHILD: 409, Errno.EBUSY: 409, Errno.EAGAIN: 429, Errno.ETIMEDOUT: 504}

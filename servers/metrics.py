@@ -16,8 +16,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from llmos.abi.proc import ProcState
 from llmos.kernel.kernel import Kernel
-from llmos.kernel.proc.process import ProcState
 from llmos.servers.httperrors import ERROR_RESPONSES
 
 NO_SUCH_SYSCALL = "(no such syscall)"

@@ -27,8 +27,9 @@ import trio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from llmos.abi.errors import SyscallError
+from llmos.abi.llm import ChatRequest
 from llmos.kernel.kernel import Kernel, TableFull
-from llmos.kernel.model.remote import RemoteModel
 from llmos.kernel.proc.capabilities import Capabilities
 from llmos.servers.httperrors import ERROR_RESPONSES, HttpError, http_error
 from llmos.servers.openai_models import (
@@ -45,8 +46,6 @@ from llmos.servers.openai_models import (
     ModelList,
     PromptTokensDetails,
 )
-from llmos.syscalls.errors import SyscallError
-from llmos.syscalls.llm import ChatRequest
 from llmos.syscalls.table import dispatch
 
 DEFAULT_MAX_TOKENS = 1024
@@ -54,8 +53,7 @@ _LLM_CHAT_MAX_TOKENS = next(m.le for m in ChatRequest.model_fields["max_tokens"]
 
 
 def model_id(kernel: Kernel) -> str:
-    backend = kernel.backend
-    return backend.model if isinstance(backend, RemoteModel) else backend.name
+    return kernel.backend.model_id
 
 
 def router(kernel: Kernel, authenticated: Any) -> APIRouter:

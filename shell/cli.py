@@ -130,8 +130,8 @@ def _daemon(args: argparse.Namespace) -> int:
     import trio
 
     from llmos.config import data_dir
-    from llmos.servers.daemon import DaemonError, DaemonSettings, run
     from llmos.kernel.model.remote import RemoteModelError
+    from llmos.servers.daemon import DaemonError, DaemonSettings, run
 
 
     http = None

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import trio
 from rich.console import Console
 from rich.markup import escape
 
-from pathlib import Path
-
+from llmos.abi import ProcessExit
+from llmos.abi.errors import SyscallError
 from llmos.config import KernelConfig
 from llmos.kernel.proc import program
 from llmos.kernel.state.events import Event
-from llmos.kernel.kernel import ProcessExit
 from llmos.runtime import boot, session
-from llmos.syscalls.errors import SyscallError
 
 EXIT_USAGE = 2
 

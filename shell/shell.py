@@ -26,14 +26,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.mem import MemStat
+from llmos.abi.proc import ProcInfo
 from llmos.agents.sdk import Sys
 from llmos.config import KernelConfig, data_dir
 from llmos.runtime import boot, session
 from llmos.shell.run import render_event
-from llmos.syscalls.errors import Errno, SyscallError
-from llmos.syscalls.mem import MemStat
-from llmos.syscalls.proc import ProcInfo
-
 
 
 class UsageError(Exception):

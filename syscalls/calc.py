@@ -11,13 +11,10 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from typing import Annotated, Any, Callable
-
-from pydantic import StringConstraints
+from typing import Any, Callable
 
 from llmos.syscalls.tools import tool
 
-MAX_EXPRESSION = 1000  # characters
 MAX_INT_BITS = 4096  # an integer result or operand beyond this is refused
 MAX_EXPONENT = 10_000
 
@@ -45,14 +42,7 @@ class CalcError(ValueError):
 
 
 @tool("calc", timeout=2.0)
-def calc(expression: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EXPRESSION)]) -> int | float:
-    """Evaluate an arithmetic expression: numbers, + - * / // % ** and parentheses, the
-    functions sqrt exp log log10 log2 sin cos tan asin acos atan floor ceil abs round min max
-    factorial hypot, and the constants pi, e, tau.
-
-    Args:
-        expression: the expression, e.g. "(3 + 4) * 12" or "sqrt(2) / 2"
-    """
+def calc(expression: str) -> int | float:
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:

@@ -9,13 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from pydantic import BaseModel, Field
 
-from llmos.syscalls.errors import Errno, SyscallError
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.fs import (
+    DirEntry,
+    ListRequest,
+    ListResponse,
+    ReadRequest,
+    ReadResponse,
+    WriteRequest,
+    WriteResponse,
+)
 from llmos.syscalls.table import Call, syscall
-
-MAX_READ = 4 * 1024 * 1024
-MAX_WRITE = 4 * 1024 * 1024
 
 
 def resolve(call: Call, path: str) -> Path:
@@ -28,21 +33,8 @@ def resolve(call: Call, path: str) -> Path:
     return target
 
 
-class ReadRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    path: str = Field(min_length=1, max_length=4096)
-    max_bytes: int = Field(default=MAX_READ, ge=1, le=MAX_READ)
-
-
-class ReadResponse(BaseModel):
-    path: str
-    content: str
-    truncated: bool
-
-
-@syscall("fs.read", ReadRequest, ReadResponse)
+@syscall("fs.read")
 async def read(call: Call, req: ReadRequest) -> ReadResponse:
-    """Read a text file inside the sandbox root."""
     target = resolve(call, req.path)
     if not target.is_file():
         raise SyscallError(Errno.ENOENT, f"no such file: {req.path}")
@@ -56,21 +48,8 @@ async def read(call: Call, req: ReadRequest) -> ReadResponse:
     return ReadResponse(path=req.path, content=data.decode("utf-8", errors="replace"), truncated=truncated)
 
 
-class WriteRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    path: str = Field(min_length=1, max_length=4096)
-    content: str = Field(max_length=MAX_WRITE)
-    append: bool = False
-
-
-class WriteResponse(BaseModel):
-    path: str
-    bytes_written: int
-
-
-@syscall("fs.write", WriteRequest, WriteResponse)
+@syscall("fs.write")
 async def write(call: Call, req: WriteRequest) -> WriteResponse:
-    """Write (or append to) a text file inside the sandbox root, creating folders as needed."""
     target = resolve(call, req.path)
     if target.is_dir():
         raise SyscallError(Errno.EINVAL, f"{req.path} is a directory")
@@ -85,25 +64,8 @@ async def write(call: Call, req: WriteRequest) -> WriteResponse:
     return WriteResponse(path=req.path, bytes_written=len(data))
 
 
-class ListRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    path: str = Field(default=".", min_length=1, max_length=4096)
-
-
-class DirEntry(BaseModel):
-    name: str
-    is_dir: bool
-    size: int
-
-
-class ListResponse(BaseModel):
-    path: str
-    entries: list[DirEntry]
-
-
-@syscall("fs.list", ListRequest, ListResponse)
+@syscall("fs.list")
 async def list_(call: Call, req: ListRequest) -> ListResponse:
-    """List a folder inside the sandbox root."""
     target = resolve(call, req.path)
     if not target.is_dir():
         raise SyscallError(Errno.ENOENT, f"no such folder: {req.path}")

@@ -8,13 +8,18 @@ are named by their path inside the root, so an answer can cite them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import trio
-from pydantic import BaseModel, Field, StringConstraints
 
-from llmos.kernel.kb import KnowledgeBase
-from llmos.syscalls.errors import Errno, SyscallError
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.kb import (
+    Collections,
+    Document,
+    Hit,
+    IngestedSource,
+    IngestResult,
+    SearchResult,
+)
 from llmos.syscalls.fs import resolve
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool
@@ -22,75 +27,23 @@ from llmos.syscalls.tools import tool
 DOC_SUFFIXES = {".md", ".markdown", ".txt", ".rst"}
 MAX_FILES = 2000  # per ingest call
 MAX_FILE_BYTES = 4 * 1024 * 1024
-MAX_TEXT = 4 * 1024 * 1024
 
-Collection = Annotated[str, StringConstraints(min_length=1, max_length=48)]
-PathArg = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
-
-
-class Document(BaseModel):
-    model_config = {"extra": "forbid"}
-    source: Annotated[str, StringConstraints(min_length=1, max_length=512)]
-    text: Annotated[str, StringConstraints(max_length=MAX_TEXT)]
-
-
-class IngestedSource(BaseModel):
-    source: str
-    chunks: int
-
-
-class IngestResult(BaseModel):
-    collection: str
-    sources: list[IngestedSource]
-    chunks: int
-    skipped: list[str]  # files left out: outside the root, too large, unreadable
-
-
-class Hit(BaseModel):
-    text: str
-    source: str
-    index: int  # the chunk's place in its source
-    heading: str
-    score: float  # cosine similarity of question and chunk
-
-
-class SearchResult(BaseModel):
-    collection: str
-    hits: list[Hit]
-
-
-class Collections(BaseModel):
-    collections: dict[str, int]  # name -> chunks
-
-
-def knowledge_base(call: Call) -> KnowledgeBase:
-    if call.kernel.kb is None:
-        call.kernel.kb = KnowledgeBase(call.kernel.embedder)  # one embedder per kernel
-    return call.kernel.kb
 
 
 @tool("kb.ingest", timeout=900)
 async def ingest(
     call: Call,
-    paths: Annotated[list[PathArg], Field(max_length=256)] = [],
-    texts: Annotated[list[Document], Field(max_length=256)] = [],
-    collection: Collection = "default",
+    paths: list[str],
+    texts: list[Document],
+    collection: str,
 ) -> IngestResult:
-    """Add documents to a knowledge base: text/markdown files or folders inside the caller's
-    root, and texts given directly. Ingesting a source again replaces it.
-
-    Args:
-        paths: files or folders (walked for .md .markdown .txt .rst files)
-        texts: documents given as {source, text}
-        collection: which knowledge base
-    """
     if not paths and not texts:
         raise SyscallError(Errno.EINVAL, "kb.ingest: give paths or texts")
     root = call.kernel.caps[call.proc.pid].fs_root
     targets = [resolve(call, path) for path in paths]
     docs, skipped = await trio.to_thread.run_sync(_read_documents, targets, root, abandon_on_cancel=True)
     docs += [(d.source, d.text) for d in texts]
-    kb = knowledge_base(call)
+    kb = call.kernel.kb
     done = await trio.to_thread.run_sync(kb.ingest, collection, docs, abandon_on_cancel=True)
     return IngestResult(
         collection=collection,
@@ -130,21 +83,12 @@ def _read_documents(targets: list[Path], root: Path) -> tuple[list[tuple[str, st
 @tool("kb.search", timeout=60)
 async def search(
     call: Call,
-    query: Annotated[str, StringConstraints(min_length=1, max_length=4000)],
-    k: Annotated[int, Field(ge=1, le=50)] = 5,
-    collection: Collection = "default",
-    min_score: Annotated[float, Field(ge=-1, le=1)] | None = None,
+    query: str,
+    k: int,
+    collection: str,
+    min_score: float | None,
 ) -> SearchResult:
-    """Search a knowledge base by meaning: the chunks closest to the query, best first, each
-    with its source and a relevance score (cosine similarity, 1 = same meaning).
-
-    Args:
-        query: a question or a description of what to find
-        k: how many chunks at most
-        collection: which knowledge base
-        min_score: leave out chunks scoring below this
-    """
-    kb = knowledge_base(call)
+    kb = call.kernel.kb
     hits = await trio.to_thread.run_sync(kb.search, collection, query, k, min_score, abandon_on_cancel=True)
     return SearchResult(
         collection=collection,
@@ -154,13 +98,11 @@ async def search(
 
 @tool("kb.list", timeout=60)
 async def list_(call: Call) -> Collections:
-    """The knowledge bases and how many chunks each holds."""
-    kb = knowledge_base(call)
+    kb = call.kernel.kb
     return Collections(collections=await trio.to_thread.run_sync(kb.collections, abandon_on_cancel=True))
 
 
 @tool("kb.drop", timeout=60)
-async def drop(call: Call, collection: Collection) -> bool:
-    """Delete a knowledge base; false if there was none by that name."""
-    kb = knowledge_base(call)
+async def drop(call: Call, collection: str) -> bool:
+    kb = call.kernel.kb
     return await trio.to_thread.run_sync(kb.drop, collection, abandon_on_cancel=True)

@@ -4,40 +4,15 @@ from __future__ import annotations
 
 import time
 
-from pydantic import BaseModel
-
-from llmos.syscalls.proc import Empty
+from llmos.abi import Empty
+from llmos.abi.kstat import KernelStat
 from llmos.syscalls.table import Call, syscall
 
 
-class KernelStat(BaseModel):
-    model: str
-    policy: str
-    max_batch: int
-    quantum: int
-    uptime: float
-    processes: int
-    running: int  # sequences in the decode batch now
-    waiting: int  # sequences waiting for a place in it
-    steps: int
-    tokens_generated: int
-    tokens_prefilled: int
-    busy_time: float
-    preemptions: int
-    kv_bytes: int
-    kv_budget_bytes: int
-    kv_evictions: int
-    shared_prefix_tokens: int
-    failed_steps: int = 0  # forward passes that raised (their requests got EIO; the kernel went on)
-    journal_failures: int = 0  # failed commits of the daemon's journal (state not on disk)
-    journal_error: str | None = None  # the latest of them
-
-
-@syscall("kernel.stat", Empty, KernelStat)
+@syscall("kernel.stat")
 async def stat(call: Call, req: Empty) -> KernelStat:
-    """Model, policy, engine counters and memory in use."""
     k = call.kernel
-    s = k.engine.stats
+    s, kv = k.engine.stats, k.engine.kv_usage()
     return KernelStat(
         model=k.backend.name,
         policy=k.scheduler.policy,
@@ -52,11 +27,11 @@ async def stat(call: Call, req: Empty) -> KernelStat:
         tokens_prefilled=s.tokens_prefilled,
         busy_time=round(s.busy_time, 3),
         preemptions=k.scheduler.preemptions,
-        kv_bytes=k.engine.pool.used_bytes(),
-        kv_budget_bytes=k.engine.pool.budget_bytes,
-        kv_evictions=k.engine.pool.stats.evictions,
-        shared_prefix_tokens=k.engine.pool.stats.shared_prefix_tokens,
-        failed_steps=getattr(s, "failed_steps", 0),
+        kv_bytes=kv.used_bytes,
+        kv_budget_bytes=kv.budget_bytes,
+        kv_evictions=kv.evictions,
+        shared_prefix_tokens=kv.shared_prefix_tokens,
+        failed_steps=s.failed_steps,
         journal_failures=k.journal.failures if k.journal is not None else 0,
         journal_error=k.journal.last_error if k.journal is not None else None,
     )

@@ -9,22 +9,41 @@ persistent memory), budget, sync.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Iterator
 
 import trio
-from pydantic import BaseModel, Field
 
+from llmos.abi import Empty
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.llm import Message
+from llmos.abi.mem import (
+    AttachRequest,
+    AttachResponse,
+    BudgetRequest,
+    BudgetResponse,
+    MemChatRequest,
+    MemChatResponse,
+    MemStat,
+    PageEntry,
+    PagesRequest,
+    PagesResponse,
+    RecallHit,
+    RecallRequest,
+    RecallResponse,
+    StatRequest,
+    StoreRequest,
+    StoreResponse,
+    SyncResponse,
+    TurnInfo,
+)
 from llmos.kernel.memory.manager import MemoryBusy, NoSuchPage, OverBudget, p99
 from llmos.kernel.memory.pagetable import Page, PageTable
 from llmos.kernel.memory.vectorstore import VectorStoreUnavailable
 from llmos.syscalls import llm
-from llmos.syscalls.errors import Errno, SyscallError
-from llmos.syscalls.llm import MAX_MESSAGE_CHARS, ChatChunk, ChatRequest, ChatResponse, Message
-from llmos.syscalls.proc import Empty, target_process
+from llmos.syscalls.proc import target_process
 from llmos.syscalls.table import Call, syscall
 
 PREVIEW_CHARS = 60
-Role = Literal["system", "user", "assistant", "tool"]
 
 
 @contextmanager
@@ -53,27 +72,8 @@ def enforce_page_quota(call: Call) -> None:
 # -- mem.chat -----------------------------------------------------------------------------
 
 
-class MemChatRequest(ChatRequest):
-    """As llm.chat, but `messages` is only the new turn (system messages are pinned)."""
-
-    remember: bool = Field(default=True, description="false: the turn and the reply are not kept")
-
-
-class TurnInfo(BaseModel):
-    pages: list[int]  # where the turn's messages went
-    reply_pages: list[int]
-    faulted: list[int]  # pages paged back in for this turn
-    evicted: int  # pages evicted to make room
-    prompt_pages: list[int]  # the pages the model saw, in prompt order
-
-
-class MemChatResponse(ChatResponse):
-    memory: TurnInfo
-
-
-@syscall("mem.chat", MemChatRequest, MemChatResponse, chunk=ChatChunk)
+@syscall("mem.chat")
 async def chat(call: Call, req: MemChatRequest) -> MemChatResponse:
-    """Chat over the process's memory: send the new turn; the kernel adds what is relevant."""
     memory, proc = call.kernel.memory, call.proc
     if proc.wchan == "llm" or proc.pid in memory.chatting:
         raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
@@ -110,50 +110,16 @@ async def chat(call: Call, req: MemChatRequest) -> MemChatResponse:
 # -- store, recall, pin, unpin -------------------------------------------------------------
 
 
-class StoreRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    text: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
-    role: Role = "user"
-    pin: bool = False
-
-
-class StoreResponse(BaseModel):
-    pages: list[int]
-    tokens: int
-    evicted: int  # pages evicted to make room
-
-
-@syscall("mem.store", StoreRequest, StoreResponse)
+@syscall("mem.store")
 async def store(call: Call, req: StoreRequest) -> StoreResponse:
-    """Add a message to the process's memory (pin=true: it never leaves the prompt)."""
     with memory_errors():
         pages, evicted = await call.kernel.memory.store(call.proc.pid, req.role, req.text, req.pin)
     enforce_page_quota(call)
     return StoreResponse(pages=[p.number for p in pages], tokens=sum(p.tokens for p in pages), evicted=evicted)
 
 
-class RecallRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    query: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
-    k: int = Field(default=4, ge=1, le=64)
-    page_in: bool = Field(default=True, description="page evicted hits back in (within budget)")
-
-
-class RecallHit(BaseModel):
-    page: int
-    role: str
-    text: str
-    score: float
-    paged_in: bool
-
-
-class RecallResponse(BaseModel):
-    hits: list[RecallHit]
-
-
-@syscall("mem.recall", RecallRequest, RecallResponse)
+@syscall("mem.recall")
 async def recall(call: Call, req: RecallRequest) -> RecallResponse:
-    """The k pages of the process's memory most relevant to a query, best first."""
     with memory_errors():
         hits = await call.kernel.memory.recall(call.proc.pid, req.query, req.k, req.page_in)
     enforce_page_quota(call)
@@ -162,19 +128,8 @@ async def recall(call: Call, req: RecallRequest) -> RecallResponse:
     )
 
 
-class PagesRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    pages: list[int] = Field(min_length=1, max_length=4096)
-
-
-class PagesResponse(BaseModel):
-    pages: list[int]
-    pinned_tokens: int
-
-
-@syscall("mem.pin", PagesRequest, PagesResponse)
+@syscall("mem.pin")
 async def pin(call: Call, req: PagesRequest) -> PagesResponse:
-    """Pin pages: paged in if evicted, never evicted while pinned, first in every prompt."""
     memory = call.kernel.memory
     with memory_errors():
         pages = await memory.pin(call.proc.pid, req.pages)
@@ -182,9 +137,8 @@ async def pin(call: Call, req: PagesRequest) -> PagesResponse:
     return PagesResponse(pages=[p.number for p in pages], pinned_tokens=memory.table(call.proc.pid).pinned_tokens)
 
 
-@syscall("mem.unpin", PagesRequest, PagesResponse)
+@syscall("mem.unpin")
 async def unpin(call: Call, req: PagesRequest) -> PagesResponse:
-    """Unpin pages: the replacement policy may evict them again."""
     memory = call.kernel.memory
     with memory_errors():
         pages = await memory.unpin(call.proc.pid, req.pages)
@@ -194,54 +148,8 @@ async def unpin(call: Call, req: PagesRequest) -> PagesResponse:
 # -- stat ---------------------------------------------------------------------------------
 
 
-class StatRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    pid: int | None = Field(default=None, description="the caller's own memory if omitted")
-    pages: bool = Field(default=True, description="include the page table entries")
-
-
-class PageEntry(BaseModel):
-    page: int
-    position: int
-    message: int
-    role: str
-    tokens: int
-    state: Literal["resident", "evicted"]
-    pinned: bool
-    recalled: bool
-    stored: bool
-    last_access: int
-    accesses: int
-    preview: str  # only for the memory's owner and sessions
-
-
-class MemStat(BaseModel):
-    pid: int
-    memory: str  # empty if the process has none yet
-    named: bool
-    policy: str
-    page_tokens: int
-    budget: int
-    resident_tokens: int
-    pinned_tokens: int
-    total_tokens: int
-    pages: int
-    resident_pages: int
-    evicted_pages: int
-    pinned_pages: int
-    faults: int
-    page_ins: int
-    page_outs: int
-    global_budget: int
-    global_resident_tokens: int  # of all memories
-    page_out_p99_ms: float  # per page, over the kernel's recent page-outs
-    page_in_p99_ms: float  # per page, over the kernel's recent page faults
-    entries: list[PageEntry]
-
-
-@syscall("mem.stat", StatRequest, MemStat)
+@syscall("mem.stat")
 async def stat(call: Call, req: StatRequest) -> MemStat:
-    """A process's page table and counters (its own, a descendant's, or any for sessions)."""
     pid = call.proc.pid if req.pid is None else target_process(call, req.pid).pid
     memory = call.kernel.memory
     name = memory.memory_of.get(pid)
@@ -294,20 +202,8 @@ def _entry(page: Page, reveal: bool) -> PageEntry:
 # -- attach, budget, sync -----------------------------------------------------------------
 
 
-class AttachRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    name: str = Field(min_length=3, max_length=64)
-
-
-class AttachResponse(BaseModel):
-    memory: str
-    pages: int
-    resident_pages: int
-
-
-@syscall("mem.attach", AttachRequest, AttachResponse)
+@syscall("mem.attach")
 async def attach(call: Call, req: AttachRequest) -> AttachResponse:
-    """Use a named memory: it persists, and a later process attaching the name finds it."""
     with memory_errors():
         try:
             table = await call.kernel.memory.attach(call.proc.pid, req.name)
@@ -317,19 +213,8 @@ async def attach(call: Call, req: AttachRequest) -> AttachResponse:
     return AttachResponse(memory=table.name, pages=len(table.pages), resident_pages=len(table.resident()))
 
 
-class BudgetRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    tokens: int = Field(ge=1)
-
-
-class BudgetResponse(BaseModel):
-    budget: int
-    resident_tokens: int
-
-
-@syscall("mem.budget", BudgetRequest, BudgetResponse)
+@syscall("mem.budget")
 async def budget(call: Call, req: BudgetRequest) -> BudgetResponse:
-    """Set the process's resident budget in tokens (at most the global budget)."""
     memory = call.kernel.memory
     if req.tokens > memory.config.global_budget:
         raise SyscallError(Errno.EINVAL, f"mem.budget: tokens: at most the global budget ({memory.config.global_budget})")
@@ -338,12 +223,7 @@ async def budget(call: Call, req: BudgetRequest) -> BudgetResponse:
     return BudgetResponse(budget=table.budget, resident_tokens=table.resident_tokens)
 
 
-class SyncResponse(BaseModel):
-    written: int
-
-
-@syscall("mem.sync", Empty, SyncResponse)
+@syscall("mem.sync")
 async def sync(call: Call, req: Empty) -> SyncResponse:
-    """Write every page the store lacks, so a named memory survives a crash."""
     with memory_errors():
         return SyncResponse(written=await call.kernel.memory.sync(call.proc.pid))

@@ -3,61 +3,39 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
 
 import trio
-from pydantic import BaseModel, Field
 
+from llmos.abi import Empty, Ok
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.proc import (
+    KERNEL_PID,
+    ExitRequest,
+    NiceRequest,
+    NiceResponse,
+    PidRequest,
+    PidResponse,
+    ProcessExit,
+    ProcInfo,
+    PsResponse,
+    SignalRequest,
+    SleepRequest,
+    SpawnRequest,
+    SpawnResponse,
+    WaitRequest,
+    WaitResponse,
+)
+from llmos.kernel.kernel import TableFull
 from llmos.kernel.proc import program
-from llmos.kernel.kernel import KERNEL_PID, ProcessExit, TableFull
-from llmos.kernel.proc.process import Process, ProcState
+from llmos.kernel.proc.process import Process
 from llmos.kernel.proc.quota import Quota
-from llmos.kernel.model.scheduler import NICE_MAX, NICE_MIN
-from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import Call, syscall
-
-
-class Empty(BaseModel):
-    model_config = {"extra": "forbid"}
-
-
-class Ok(BaseModel):
-    ok: bool = True
-
 
 # -- spawn --------------------------------------------------------------------------------
 
 
-class QuotaSpec(BaseModel):
-    """Resource limits for a child; each is capped by what the caller has left."""
-
-    model_config = {"extra": "forbid"}
-    max_tokens: int | None = Field(default=None, ge=0)
-    max_wall_time: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    max_syscalls: int | None = Field(default=None, ge=0)
-    max_memory_pages: int | None = Field(default=None, ge=0)
-
-
-class SpawnRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    program: str = Field(min_length=1, max_length=4096, description="file path, module[:function] or example name")
-    args: list[str] = Field(default_factory=list, max_length=256)
-    name: str | None = Field(default=None, max_length=64)
-    nice: int | None = Field(default=None, ge=NICE_MIN, le=NICE_MAX)
-    allow: list[str] | None = Field(
-        default=None, max_length=256, description="syscall patterns the child may use (within the caller's)"
-    )
-    root: str | None = Field(default=None, max_length=4096, description="the child's fs root, inside the caller's")
-    quota: QuotaSpec | None = Field(default=None, description="the child's resource limits (within the caller's)")
-
-
-class SpawnResponse(BaseModel):
-    pid: int
-
-
-@syscall("proc.spawn", SpawnRequest, SpawnResponse)
+@syscall("proc.spawn")
 async def spawn(call: Call, req: SpawnRequest) -> SpawnResponse:
-    """Start an agent program as a child process."""
     parent = call.proc
     nice = parent.nice if req.nice is None else req.nice
     _check_nice(parent, nice)
@@ -78,23 +56,8 @@ async def spawn(call: Call, req: SpawnRequest) -> SpawnResponse:
 # -- wait ---------------------------------------------------------------------------------
 
 
-class WaitRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    pid: int | None = Field(default=None, description="a child's pid; any child if omitted")
-    timeout: float | None = Field(default=None, gt=0, le=86400)
-
-
-class WaitResponse(BaseModel):
-    pid: int
-    name: str
-    exit_code: int
-    reason: str
-    result: Any = None
-
-
-@syscall("proc.wait", WaitRequest, WaitResponse)
+@syscall("proc.wait")
 async def wait(call: Call, req: WaitRequest) -> WaitResponse:
-    """Wait for a child to exit; reap it and return its status and result."""
     proc, kernel = call.proc, call.kernel
     if req.pid is not None:
         target = kernel.procs.get(req.pid)
@@ -103,11 +66,10 @@ async def wait(call: Call, req: WaitRequest) -> WaitResponse:
         if target.ppid != proc.pid:
             raise SyscallError(Errno.ECHILD, f"process {req.pid} is not a child of {proc.pid}")
     child = None
-    with _blocked(proc, "proc.wait"):
-        with trio.move_on_after(req.timeout if req.timeout is not None else float("inf")):
-            child = await kernel.wait(proc, req.pid)
-            if child is None:
-                raise SyscallError(Errno.ECHILD, f"process {proc.pid} has no children to wait for")
+    with trio.move_on_after(req.timeout if req.timeout is not None else float("inf")):
+        child = await kernel.wait(proc, req.pid)
+        if child is None:
+            raise SyscallError(Errno.ECHILD, f"process {proc.pid} has no children to wait for")
     if child is None:
         raise SyscallError(Errno.ETIMEDOUT, f"no child exited within {req.timeout} s")
     return WaitResponse(
@@ -122,14 +84,8 @@ async def wait(call: Call, req: WaitRequest) -> WaitResponse:
 # -- kill, exit, getpid, nice --------------------------------------------------------------
 
 
-class PidRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    pid: int
-
-
-@syscall("proc.kill", PidRequest, Ok)
+@syscall("proc.kill")
 async def kill(call: Call, req: PidRequest) -> Ok:
-    """Kill a process (the caller itself or one of its descendants)."""
     target = target_process(call, req.pid)
     call.kernel.kill(target)
     if target is call.proc:
@@ -137,15 +93,8 @@ async def kill(call: Call, req: PidRequest) -> Ok:
     return Ok()
 
 
-class SignalRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    pid: int
-    signal: Literal["stop", "cont", "term", "kill"]
-
-
-@syscall("proc.signal", SignalRequest, Ok)
+@syscall("proc.signal")
 async def signal(call: Call, req: SignalRequest) -> Ok:
-    """Send a signal: stop (no progress until cont; KV kept), cont, term (exit 143), kill (exit 137)."""
     target = target_process(call, req.pid)
     kernel = call.kernel
     if req.signal == "stop":
@@ -159,47 +108,21 @@ async def signal(call: Call, req: SignalRequest) -> Ok:
     return Ok()
 
 
-class ExitRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    code: int = Field(default=0, ge=0, le=255)
-    result: Any = None
-
-
-@syscall("proc.exit", ExitRequest, Ok)
+@syscall("proc.exit")
 async def exit_(call: Call, req: ExitRequest) -> Ok:
-    """End the calling process with an exit code and an optional result for its parent."""
     if call.proc.session:
         call.kernel.end_session(call.proc)
         return Ok()
     raise ProcessExit(req.code, req.result)
 
 
-class PidResponse(BaseModel):
-    pid: int
-    ppid: int
-    name: str
-
-
-@syscall("proc.getpid", Empty, PidResponse)
+@syscall("proc.getpid")
 async def getpid(call: Call, req: Empty) -> PidResponse:
-    """The caller's pid, its parent's, and its name."""
     return PidResponse(pid=call.proc.pid, ppid=call.proc.ppid, name=call.proc.name)
 
 
-class NiceRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    pid: int | None = None
-    nice: int = Field(ge=NICE_MIN, le=NICE_MAX)
-
-
-class NiceResponse(BaseModel):
-    pid: int
-    nice: int
-
-
-@syscall("proc.nice", NiceRequest, NiceResponse)
+@syscall("proc.nice")
 async def nice(call: Call, req: NiceRequest) -> NiceResponse:
-    """Set the nice value (scheduling weight) of the caller or a descendant."""
     target = target_process(call, call.proc.pid if req.pid is None else req.pid)
     _check_nice(call.proc, req.nice)
     target.nice = req.nice
@@ -207,28 +130,6 @@ async def nice(call: Call, req: NiceRequest) -> NiceResponse:
 
 
 # -- ps -----------------------------------------------------------------------------------
-
-
-class ProcInfo(BaseModel):
-    pid: int
-    ppid: int
-    name: str
-    program: str
-    state: ProcState
-    wchan: str
-    nice: int
-    prompt_tokens: int
-    generated_tokens: int
-    llm_time: float
-    syscalls: int
-    kv_bytes: int
-    age: float
-    exit_code: int | None
-    exit_reason: str
-
-
-class PsResponse(BaseModel):
-    procs: list[ProcInfo]
 
 
 def proc_info(p: Process) -> ProcInfo:
@@ -252,30 +153,17 @@ def proc_info(p: Process) -> ProcInfo:
     )
 
 
-@syscall("proc.ps", Empty, PsResponse)
+@syscall("proc.ps")
 async def ps(call: Call, req: Empty) -> PsResponse:
-    """Every process in the table."""
     return PsResponse(procs=[proc_info(p) for p in call.kernel.procs])
 
 
 # -- sleep --------------------------------------------------------------------------------
 
 
-class SleepRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    seconds: float = Field(ge=0, le=86400)
-
-
-@syscall("sleep", SleepRequest, Ok)
+@syscall("sleep")
 async def sleep(call: Call, req: SleepRequest) -> Ok:
-    """Sleep; the process gives up nothing but time (its KV cache is kept)."""
-    proc = call.proc
-    proc.state = ProcState.SLEEPING
-    try:
-        await trio.sleep(req.seconds)
-    finally:
-        if proc.alive:
-            proc.state = ProcState.RUNNING
+    await call.kernel.sleep(call.proc, req.seconds)
     return Ok()
 
 
@@ -306,17 +194,3 @@ def _check_nice(caller: Process, nice: int) -> None:
     a process cannot give itself or its children a nice value below its own."""
     if not caller.session and nice < caller.nice:
         raise SyscallError(Errno.EPERM, f"nice {nice} is below the caller's own ({caller.nice})")
-
-
-class _blocked:
-    """Marks a process BLOCKED on `wchan` for the duration of a wait."""
-
-    def __init__(self, proc: Process, wchan: str) -> None:
-        self.proc, self.wchan = proc, wchan
-
-    def __enter__(self) -> None:
-        self.proc.state, self.proc.wchan = ProcState.BLOCKED, self.wchan
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.alive:
-            self.proc.state, self.proc.wchan = ProcState.RUNNING, ""

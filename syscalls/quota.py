@@ -7,29 +7,14 @@ from __future__ import annotations
 
 import time
 
-from pydantic import BaseModel
-
+from llmos.abi.proc import Limits, QuotaSpec, Used
 from llmos.kernel.proc.quota import Quota, tokens_used
-from llmos.syscalls.proc import QuotaSpec
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool
 
 
-class Used(BaseModel):
-    tokens: int
-    wall_time: float
-    syscalls: int
-
-
-class Limits(BaseModel):
-    quota: QuotaSpec  # None: unlimited
-    used: Used
-    left: QuotaSpec
-
-
 @tool("proc.limits")
 async def limits(call: Call) -> Limits:
-    """The caller's quota (max tokens, wall time, syscalls, memory pages), its use so far and what is left."""
     proc, quota = call.proc, call.kernel.caps[call.proc.pid].quota
     now = time.time()
     return Limits(

@@ -18,9 +18,10 @@ from typing import Any, Awaitable, Callable
 import trio
 from pydantic import BaseModel, ValidationError
 
-from llmos.kernel.kernel import Kernel, ProcessExit
+from llmos.abi import SYSCALLS, ProcessExit
+from llmos.abi.errors import Errno, SyscallError, killed
+from llmos.kernel.kernel import Kernel
 from llmos.kernel.proc.process import Process
-from llmos.syscalls.errors import Errno, SyscallError, killed
 
 Emit = Callable[[BaseModel], Awaitable[None]]
 
@@ -58,24 +59,55 @@ class Syscall:
 TABLE: dict[str, Syscall] = {}
 
 
-def syscall(name: str, request: type[BaseModel], response: type[BaseModel], chunk: type[BaseModel] | None = None):
-    """Register a handler under `name`."""
+def syscall(name: str):
+    """Bind the decorated handler to the syscall the ABI declares as `name` (llmos.abi): its
+    request, response and chunk models and its description come from there."""
+    spec = SYSCALLS.get(name)
+    if spec is None:
+        raise ValueError(f"syscall {name!r} is not declared in the ABI (llmos.abi)")
 
     def register(handler: Handler) -> Handler:
-        if name in TABLE:
-            raise ValueError(f"syscall {name!r} is already registered")
-        doc = (handler.__doc__ or "").strip()
-        TABLE[name] = Syscall(name, request, response, handler, chunk, doc)
+        add(Syscall(name, spec.request, spec.response, handler, spec.chunk, spec.doc))
         return handler
 
     return register
+
+
+def add(entry: Syscall) -> None:
+    """Put an entry in the table (a handler for a declared syscall, or a tool made at run time)."""
+    if entry.name in TABLE:
+        raise ValueError(f"syscall {entry.name!r} is already registered")
+    TABLE[entry.name] = entry
+
+
+# Where syscalls added at run time come from (MCP tools: syscalls/mcp.py): each source gives
+# the entries it serves on a kernel (only the named one's, if a name is given).
+MountedSource = Callable[[Kernel, "str | None"], dict[str, Syscall]]
+_mounted_sources: list[MountedSource] = []
+
+
+def mounted_source(source: MountedSource) -> MountedSource:
+    _mounted_sources.append(source)
+    return source
+
+
+def every_syscall(kernel: Kernel) -> dict[str, Syscall]:
+    """The built-in table and everything mounted on `kernel`."""
+    entries = dict(TABLE)
+    for source in _mounted_sources:
+        entries.update(source(kernel, None))
+    return entries
 
 
 TOO_LONG = {"string_too_long", "too_long", "bytes_too_long"}  # pydantic error types that mean "oversized"
 
 
 def lookup(kernel: Kernel, name: Any) -> Syscall:
-    entry = (TABLE.get(name) or kernel.mounted.get(name)) if isinstance(name, str) else None
+    entry = None
+    if isinstance(name, str):
+        entry = TABLE.get(name)
+        for source in _mounted_sources if entry is None else ():
+            entry = source(kernel, name).get(name) or entry
     if entry is None:
         raise SyscallError(Errno.ENOSYS, f"no such syscall: {name!r}"[:300])
     return entry
@@ -130,14 +162,17 @@ async def _dispatch(kernel: Kernel, pid: int, name: Any, args: Any, emit: Emit |
     request = validate(entry, args)
     if not kernel.caps[pid].allows(entry.name):
         raise SyscallError(Errno.EPERM, f"{entry.name}: not permitted for process {pid} ({proc.name})")
-    if proc.stopped:  # like a signal delivered at kernel entry: wait here until continued
-        await proc.continued.wait()
+    await kernel.held(proc)  # stopped: a signal delivered at kernel entry holds it here
     try:
         response = await entry.handler(Call(kernel, proc, emit), request)
-    except (SyscallError, trio.Cancelled, ProcessExit):
+    except SyscallError:
+        await kernel.held(proc)  # ... and on the way back (an error is a return too)
+        raise
+    except (trio.Cancelled, ProcessExit):
         raise
     except Exception as exc:
         raise SyscallError(Errno.EIO, f"{entry.name} failed: {type(exc).__name__}: {exc}") from exc
+    await kernel.held(proc)  # stopped during the call: it returns once continued
     kernel.commit()  # what the caller is about to be told is on disk first (when journaled)
     return response
 

@@ -9,6 +9,8 @@ annotation the response model (a BaseModel as it is, anything else as `{"result"
 the docstring the description (an `Args:` section describes the parameters), and the request
 model the JSON schema that `tools.list` shows an agent or a model (agents/tooluse.py). A
 parameter annotated `Call` receives the caller's context and is not part of the request.
+A built-in tool is declared in the ABI (llmos.abi) like every syscall: then its models and
+description come from there, and its parameters must be the request's fields.
 
 Running a tool: an async one is awaited; a sync one runs in a worker thread drawn from the
 tools' own thread limiter (so hung tools cannot take the engine's threads), abandoned if it
@@ -28,20 +30,25 @@ from functools import partial
 from typing import Annotated, Any, Callable, get_type_hints
 
 import trio
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
 
-from llmos.syscalls.errors import Errno, SyscallError
-from llmos.syscalls.table import TABLE, Call, syscall
+from llmos.abi import SYSCALLS, Ok
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.tools import ListToolsRequest, ToolInfo, ToolList
+from llmos.syscalls.table import TABLE, Call, Syscall, add, every_syscall, syscall
 
 DEFAULT_TIMEOUT = 30.0  # seconds; None means no limit (a blocking call such as ipc.recv)
 TOOL_THREADS = 8  # sync tools running at once; more wait for a free thread
 MAX_STR = 1 << 20  # a plain `str` argument longer than this is refused (E2BIG)
 
 _threads = trio.lowlevel.RunVar[trio.CapacityLimiter]("tool_threads")
-
-
-class Ok(BaseModel):
-    ok: bool = True
 
 
 def tool(name: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT, description: str | None = None):
@@ -73,9 +80,16 @@ def make_tool(fn: Callable[..., Any], name: str, timeout: float | None = DEFAULT
     is_async = inspect.iscoroutinefunction(fn)
     if call_param is not None and not is_async:
         raise TypeError(f"tool {name}: only an async tool may take the Call (kernel state is not thread-safe)")
-    base = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name) if part) or "Tool"
-    request = create_model(f"{base}Request", __config__=ConfigDict(extra="forbid"), **fields)
-    response, wrap = _response_model(hints.get("return", Any), base)
+    spec = SYSCALLS.get(name)
+    if spec is not None:  # declared in the ABI: its models, checked against the signature
+        if set(fields) != set(spec.request.model_fields):
+            raise TypeError(f"tool {name}: parameters {sorted(fields)} are not the ABI request's {sorted(spec.request.model_fields)}")
+        request, response, wrap = spec.request, spec.response, _wrapper(spec.response)
+        doc = spec.doc
+    else:
+        base = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name) if part) or "Tool"
+        request = create_model(f"{base}Request", __config__=ConfigDict(extra="forbid"), **fields)
+        response, wrap = _response_model(hints.get("return", Any), base)
 
     async def handler(call: Call, req: BaseModel) -> BaseModel:
         kwargs = {field: getattr(req, field) for field in fields}
@@ -87,9 +101,8 @@ def make_tool(fn: Callable[..., Any], name: str, timeout: float | None = DEFAULT
         except ValidationError as exc:
             raise SyscallError(Errno.EIO, f"{name} returned a value that does not fit its type: {exc}") from None
 
-    handler.__doc__ = description or doc
     handler.__name__ = fn.__name__
-    syscall(name, request, response)(handler)
+    add(Syscall(name, request, response, handler, None, description or doc))
     return TABLE[name]
 
 
@@ -140,6 +153,16 @@ def _bounded(annotation: Any) -> Any:
     return annotation
 
 
+def _wrapper(model: type[BaseModel]) -> Callable[[Any], BaseModel]:
+    """How a tool's return value becomes its ABI response: the model itself, None for Ok, a
+    plain value for a `{"result": ...}` model, a mapping for anything else."""
+    if model is Ok:
+        return lambda v: v if isinstance(v, Ok) else Ok()
+    if set(model.model_fields) == {"result"}:
+        return lambda v: v if isinstance(v, model) else model(result=v)
+    return lambda v: v if isinstance(v, model) else model.model_validate(v)
+
+
 def _response_model(annotation: Any, base: str) -> tuple[type[BaseModel], Callable[[Any], BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         model = annotation
@@ -167,28 +190,11 @@ def _parse_doc(doc: str) -> tuple[str, dict[str, str]]:
 # -- tools.list: what the caller may use, as a model would need to see it -----------------
 
 
-class ToolInfo(BaseModel):
-    name: str
-    description: str
-    parameters: dict[str, Any]  # JSON schema of the arguments
-    streaming: bool
-
-
-class ToolList(BaseModel):
-    tools: list[ToolInfo]
-
-
-@tool("tools.list")
-async def list_tools(
-    call: Call, names: Annotated[list[Annotated[str, StringConstraints(max_length=256)]], Field(max_length=256)] | None = None
-) -> ToolList:
-    """The syscalls the caller may use, each with its description and its arguments' JSON schema.
-
-    Args:
-        names: name patterns ("kb.*", "calc") to narrow the list; all permitted syscalls if omitted
-    """
+@syscall("tools.list")
+async def list_tools(call: Call, req: ListToolsRequest) -> ToolList:
+    names = req.names
     caps = call.kernel.caps[call.proc.pid]
-    entries = {**TABLE, **call.kernel.mounted}
+    entries = every_syscall(call.kernel)
     tools = [
         ToolInfo(name=e.name, description=e.doc, parameters=e.arguments_schema(), streaming=e.chunk is not None)
         for e in sorted(entries.values(), key=lambda e: e.name)

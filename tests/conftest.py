@@ -81,7 +81,7 @@ def run(backend: Backend, fn, **config):
 
 async def errno_of(coro):
     """The errno of the SyscallError that awaiting `coro` raises (fails if none is raised)."""
-    from llmos.syscalls.errors import SyscallError
+    from llmos.abi.errors import SyscallError
 
     with pytest.raises(SyscallError) as info:
         await coro

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import trio
-
 from conftest import kernel_with
+
 from llmos.servers.daemon import INFO_FILE, Daemon, DaemonSettings
 
 

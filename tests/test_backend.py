@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import trio
-
 from conftest import kernel_with
+
+from llmos.abi.errors import Errno, SyscallError
 from llmos.kernel.model.backend import WorkItem
 from llmos.kernel.model.sampling import SamplingParams, make_generator, sample
 from llmos.kernel.model.sequence import _safe_prefix
 from llmos.runtime import session
-from llmos.syscalls.errors import Errno, SyscallError
 
 PROMPTS = ["What is the capital of France?", "Name three colors.", "Write one sentence about the sea."]
 
@@ -223,7 +223,7 @@ def test_slab_mixes_with_prefill_and_grows_past_its_capacity(tiny_backend):
 
 def test_contexts_longer_than_the_slab_decode_alone_the_same(tiny_backend):
     from llmos.kernel.model.backend import Backend
-    from llmos.kernel.model.kvcache import DecodeSlab, GROWTH
+    from llmos.kernel.model.kvcache import GROWTH, DecodeSlab
 
     ids = tiny_backend.encode("long context " * 160)
     assert len(ids) > GROWTH
@@ -350,7 +350,6 @@ def test_a_seated_process_prefilling_beside_longer_decoders_keeps_its_cache(tiny
 
 def test_a_prompt_chunk_whose_seat_is_reclaimed_in_the_same_step_still_fits(tiny_backend):
     from llmos.kernel.model.backend import Backend
-
     from llmos.kernel.model.kvcache import GROWTH
 
     one_seat = Backend(tiny_backend.model, tiny_backend.tokenizer, "tiny-1-seat", slots=1)

@@ -11,10 +11,10 @@ import time
 
 import pytest
 import trio
-
 from conftest import prog
 from daemon_util import daemon_with
-from llmos.kernel.proc.process import ProcState
+
+from llmos.abi.proc import ProcState
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import trio
+from daemon_util import RawClient, daemon_with, short_home
 
 import llmos
-from daemon_util import RawClient, daemon_with, short_home
-from llmos.kernel.kernel import ProcessExit
+from llmos.abi import ProcessExit
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.llm import ChatResponse
+from llmos.abi.proc import WaitResponse
 from llmos.kernel.proc.process import ProcState
 from llmos.runtime import session
 from llmos.shell.run import run_remote
-from llmos.syscalls.errors import Errno, SyscallError
-from llmos.syscalls.llm import ChatResponse
-from llmos.syscalls.proc import WaitResponse
 
 HERE = Path(__file__).parent / "agents_for_tests"
 

@@ -7,9 +7,9 @@ import json
 import random
 
 import trio
+from daemon_util import RawClient, daemon_with
 
 import llmos
-from daemon_util import RawClient, daemon_with
 
 FRAMES = 1200
 MAX_FRAME = 65536

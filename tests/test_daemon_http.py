@@ -7,12 +7,12 @@ import httpx
 import openai
 import pytest
 import trio
-
 from daemon_util import daemon_with
+
+from llmos.abi.errors import Errno, SyscallError
 from llmos.config import KernelConfig
 from llmos.kernel.model.remote import RemoteModel, RemoteModelError
 from llmos.runtime import boot, session
-from llmos.syscalls.errors import Errno, SyscallError
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -170,5 +170,5 @@ def test_remote_model_failures_are_clean_errors(real_backend):
     unreachable, wrong_key, down, again = trio.run(main)
     assert "unreachable" in str(unreachable)
     assert "401" in str(wrong_key)
-    assert down.errno is Errno.EIO and "RemoteModelError" in down.message
+    assert down.errno is Errno.EIO and "failed" in down.message and "127.0.0.1" in down.message
     assert again.name == "shell"

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import trio
-
 from daemon_util import DaemonProcess, short_home
+
 from llmos.benchmarks.daemon_load import run_load
 
 CLIENTS = 64

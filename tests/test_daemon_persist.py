@@ -9,11 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import trio
+from daemon_util import DaemonProcess, daemon_with, short_home
 
 import llmos
-from daemon_util import DaemonProcess, daemon_with, short_home
+from llmos.abi.errors import Errno, SyscallError
 from llmos.kernel.proc.process import ProcState
-from llmos.syscalls.errors import Errno, SyscallError
 
 HERE = Path(__file__).parent / "agents_for_tests"
 

@@ -15,14 +15,15 @@ from collections import Counter
 from pathlib import Path
 
 import trio
+from conftest import kernel_with
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import kernel_with
-from llmos.kernel.state.audit import AuditLog
+from llmos.abi.errors import SyscallError
 from llmos.kernel.proc.capabilities import Capabilities
+from llmos.kernel.state.audit import AuditLog
 from llmos.runtime import local_handle
-from llmos.syscalls import TABLE, SyscallError, dispatch
+from llmos.syscalls import TABLE, dispatch
 
 EXAMPLES = 24
 PER_EXAMPLE = 45  # at least; 24 x 45 = 1,080 requests

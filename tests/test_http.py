@@ -10,9 +10,9 @@ import time
 
 import httpx
 import trio
-
 from conftest import prog
 from daemon_util import daemon_with
+
 from llmos.servers import http as http_mod
 
 QUESTION = [{"role": "user", "content": "Count to three."}]

@@ -6,11 +6,12 @@ import os
 
 import pytest
 import trio
-
 from conftest import errno_of, kernel_with, prog, run
+
+from llmos.abi.errors import Errno, SyscallError
 from llmos.kernel.proc.process import ProcState
 from llmos.runtime import session
-from llmos.syscalls.errors import Errno, SyscallError
+
 
 def test_agent_exception_is_contained(tiny_backend):
     async def body(kernel, sh):
@@ -231,7 +232,7 @@ def test_orphan_zombies_are_bounded(tiny_backend, monkeypatch):
 
 
 def test_a_failing_forward_pass_fails_its_requests_not_the_kernel(tiny_backend):
-    from llmos.syscalls.errors import Errno, SyscallError
+    from llmos.abi.errors import Errno, SyscallError
 
     real_run = tiny_backend.run
     calls = {"n": 0}

@@ -1,13 +1,13 @@
 """The model's weights load on the first LLM call, not at boot: a kernel that runs no LLM work
-never loads them, and the first call says so while it waits (kernel/loader.py)."""
+never loads them, and the first call says so while it waits (kernel/lazymodel.py)."""
 
 from __future__ import annotations
 
 import trio
-
 from conftest import kernel_with, prog
+
 from llmos.config import KernelConfig
-from llmos.kernel.loader import LazyBackend
+from llmos.kernel.lazymodel import LazyBackend
 from llmos.runtime import boot, session
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import errno_of, kernel_with
 from rich.console import Console
 
-from conftest import errno_of, kernel_with
+from llmos.abi.errors import Errno
 from llmos.kernel.memory.embeddings import Embedder
 from llmos.kernel.memory.manager import RECALLED, Memory, MemoryConfig
 from llmos.kernel.memory.pagetable import LRU, LRUK, Clock, Page, cut
 from llmos.runtime import local_handle, session
-from llmos.syscalls.errors import Errno
 
 EMBEDDER = Embedder()  # one for every test: loading it is the slow part
 SYSTEM = "You are a careful assistant."
@@ -126,9 +126,9 @@ def test_fault_pages_an_early_fact_back_into_the_prompt(tiny_backend, tmp_path):
         fact = await sh.mem.store(FACT)
         await fill(sh, 10)
         before = await sh.mem.stat()
-        kernel.engine.recorded = []
+        recorded = kernel.record_llm_calls()
         reply = await sh.mem.chat("What is the vault code of the harbour office?", max_tokens=4)
-        prompt = kernel.backend.decode(kernel.engine.recorded[0][0])
+        prompt = kernel.backend.decode(recorded[0][0])
         after = await sh.mem.stat()
         await sh.mem.chat("Who keeps the key?", max_tokens=4, remember=False)  # asks, keeps nothing
         return fact, before, reply, prompt, after, await sh.mem.stat()
@@ -191,14 +191,14 @@ def test_kv_is_rebuilt_from_the_first_changed_page(tiny_backend, tmp_path):
     async def body(kernel, sh):
         proc = kernel.procs.get(sh.pid)
         await sh.mem.store(SYSTEM, role="system", pin=True)
-        kernel.engine.recorded = []
+        recorded = kernel.record_llm_calls()
         first = await sh.mem.chat("Tell me about the bakery near the station.", max_tokens=6)
         kv_after_first = list(proc.kv.token_ids)
         second = await sh.mem.chat("And the museum?", max_tokens=6)  # nothing evicted: pure extension
         kv_after_second = list(proc.kv.token_ids)
         await sh.mem.budget(first.usage.prompt_tokens)  # the oldest pages must go
         third = await sh.mem.chat("What about the concert in the park?", max_tokens=6)
-        prompts = [ids for ids, _ in kernel.engine.recorded]
+        prompts = [ids for ids, _ in recorded]
         return first, second, third, kv_after_first, kv_after_second, prompts
 
     first, second, third, kv1, kv2, prompts = run(tiny_backend, body, tmp_path, page_tokens=64, budget=4000)
@@ -384,8 +384,9 @@ def test_a_second_chat_while_one_runs_is_busy_and_stores_nothing(tiny_backend, t
 
 
 def test_max_memory_pages_quota_kills_the_hoarder(tiny_backend, tmp_path):
+    from llmos.abi.proc import EXIT_QUOTA
     from llmos.kernel.proc.capabilities import Capabilities
-    from llmos.kernel.proc.quota import EXIT_QUOTA, Quota
+    from llmos.kernel.proc.quota import Quota
 
     async def body(kernel, sh):
         box = local_handle(kernel, kernel.session("box", Capabilities(quota=Quota(max_memory_pages=3))))

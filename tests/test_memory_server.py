@@ -12,12 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import trio
-
 from conftest import kernel_with
+from test_memory import FACT, fill, with_memory
+
+from llmos.abi.errors import Errno, SyscallError
 from llmos.kernel.memory.manager import MemoryConfig
 from llmos.runtime import session
-from llmos.syscalls.errors import Errno, SyscallError
-from test_memory import FACT, fill, with_memory
 
 CHROMA = Path(sys.executable).parent / "chroma"
 

@@ -4,8 +4,8 @@ same tokens, and the policies' admission order."""
 from __future__ import annotations
 
 import trio
-
 from conftest import kernel_with
+
 from llmos.runtime import session
 
 PROMPTS = [f"process number {i} says" for i in range(4)]

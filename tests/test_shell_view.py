@@ -7,10 +7,10 @@ import random
 from io import StringIO
 
 import trio
-from rich.console import Console
-
 from conftest import kernel_with, prog
 from daemon_util import daemon_with, short_home
+from rich.console import Console
+
 from llmos.kernel.state.events import Event
 from llmos.runtime import session
 from llmos.servers.daemon import INFO_FILE

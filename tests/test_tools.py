@@ -9,16 +9,18 @@ import time
 
 import pytest
 import trio
-
 from conftest import errno_of, prog, run
-from llmos.kernel.state.audit import AuditLog
+
+from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.proc import EXIT_QUOTA
 from llmos.kernel.proc.capabilities import Capabilities
-from llmos.kernel.proc.quota import EXIT_QUOTA, Quota
+from llmos.kernel.proc.quota import Quota
+from llmos.kernel.state.audit import AuditLog
 from llmos.runtime import local_handle
 from llmos.syscalls import TABLE
-from llmos.syscalls.errors import Errno, SyscallError
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool
+
 
 def sandbox(kernel, name="box", **caps):
     """A session process with the given capabilities."""

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from conftest import kernel_with
+
+from llmos.abi.proc import EXIT_QUOTA
+from llmos.abi.tools import ToolInfo
 from llmos.agents.tooluse import Answer, Malformed, ToolCall, parse_reply
-from llmos.kernel.state.audit import AuditLog
 from llmos.kernel.proc.capabilities import Capabilities
-from llmos.kernel.proc.quota import EXIT_QUOTA
+from llmos.kernel.state.audit import AuditLog
 from llmos.runtime import local_handle, session
 from llmos.syscalls import TABLE
 from llmos.syscalls.calc import calc
-from llmos.syscalls.tools import ToolInfo
 
 HERE = Path(__file__).parent / "agents_for_tests"
 OFFERED = {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 import trio
-
 from conftest import errno_of, prog, run
+
+from llmos.abi.errors import Errno
 from llmos.kernel.proc.process import ProcState
 from llmos.runtime import local_handle
-from llmos.syscalls.errors import Errno
+
 
 class StepCounter(trio.abc.Instrument):
     """Counts how often each task is scheduled: a task that polls would keep running."""

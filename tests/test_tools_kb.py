@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from conftest import kernel_with
-from llmos.kernel.proc.capabilities import Capabilities
-from llmos.kernel.memory.embeddings import Embedder
+
+from llmos.abi.errors import Errno, SyscallError
 from llmos.kernel.kb import KnowledgeBase, chunk_text
+from llmos.kernel.memory.embeddings import Embedder
+from llmos.kernel.proc.capabilities import Capabilities
 from llmos.runtime import local_handle
-from llmos.syscalls.errors import Errno, SyscallError
 
 DOCS = {
     "garden/tomatoes.md": """# Growing tomatoes

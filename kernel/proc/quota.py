@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-EXIT_QUOTA = 152  # 128 + SIGXCPU, as Unix reports a process killed for exceeding a resource limit
-
 
 class Usage(Protocol):
     """What a process has used so far (kernel/proc/process.py: Process)."""

@@ -1,4 +1,4 @@
-"""The daemon's wire protocol: JSON lines over a Unix socket, shared by server and client.
+"""The wire protocol: JSON lines over a stream socket, shared by the daemon, its clients and agent workers.
 
 One frame is one JSON object on one line (UTF-8). Calls are multiplexed by `id`, chosen by
 the client and unique among its calls in flight.
@@ -22,12 +22,18 @@ An error about a frame that could not be read at all carries "id": null.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Protocol, Union
 
-import trio
-from pydantic import BaseModel, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
-from llmos.syscalls.errors import Errno, ErrorInfo, SyscallError
+from llmos.abi.errors import Errno, ErrorInfo, SyscallError
 
 MAX_FRAME = 8 * 2**20  # a request frame: fs.write carries up to 4 MiB, escaped
 MAX_REPLY_FRAME = 64 * 2**20  # what a client accepts from the daemon
@@ -125,6 +131,12 @@ def _short(exc: Exception) -> str:
     return str(exc)[:120]
 
 
+class ReceiveStream(Protocol):
+    """What LineReader reads from: a trio stream, or anything with the same method."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+
 class Oversized:
     """Returned by LineReader in place of a line longer than its limit (which is skipped)."""
 
@@ -136,7 +148,7 @@ class LineReader:
     """Splits a byte stream into lines of at most `limit` bytes. A longer line is not kept in
     memory: it is skipped up to its newline and reported once as Oversized."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream, limit: int) -> None:
+    def __init__(self, stream: ReceiveStream, limit: int) -> None:
         self.stream = stream
         self.limit = limit
         self._buf = bytearray()

@@ -9,6 +9,7 @@ meanwhile); from then on every attribute is the real Backend's. Anything that re
 weights before that (a benchmark's `hf_generate`, say) loads them there and then.
 
 The figures taken early are checked against the loaded model's, so the two cannot drift apart.
+It is driven by the same engine as a loaded Backend (BatchEngine; registered with engine_for).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from llmos.kernel.model import modelstore
 from llmos.kernel.model.backend import Backend, _eos_ids
 from llmos.kernel.model.kvcache import KVShape
+from llmos.kernel.model.loader import engine_for
 
 
 class ModelLoadError(RuntimeError):
@@ -73,6 +75,10 @@ class LazyBackend:
         return cls(spec, dtype, threads, source.name, tokenizer, config, generation)
 
     @property
+    def model_id(self) -> str:
+        return self.name
+
+    @property
     def loaded(self) -> bool:
         return self._real is not None
 
@@ -113,3 +119,7 @@ class LazyBackend:
         if name.startswith("__") or name in ("_real", "_lock", "error"):
             raise AttributeError(name)
         return getattr(self.load(), name)
+
+
+# The engine a loaded Backend gets: LazyBackend is one, once loaded.
+engine_for.register(LazyBackend, lambda model, scheduler, config: engine_for.dispatch(Backend)(model, scheduler, config))
