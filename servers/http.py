@@ -121,7 +121,6 @@ def make_app(kernel: Kernel, token: str, gate: "ConnectionGate | None" = None, t
         description="OpenAI-compatible chat completions, Prometheus metrics and the syscall API of an llmos kernel. "
                     "Every route but /health, the console's page and /openapi.json needs `Authorization: Bearer <token>`.",
     )
-    app.state.guard = guard
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.include_router(openai_api.router(kernel, authenticated))
     app.include_router(metrics.router(kernel, authenticated, guard, telemetry))
@@ -329,7 +328,6 @@ async def serve_http(
         except Exception as exc:  # a bug of ours, never the daemon's end
             print(f"llmos http: connection handler failed: {exc!r}", file=sys.stderr)
 
-    app.state.gate = gate
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(admit, listeners)
 

@@ -9,6 +9,7 @@ Prometheus scrape config).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends
@@ -86,9 +87,8 @@ class KernelCollector:
             calls.add_metric([name, result], n)
         yield calls
         by_state = GaugeMetricFamily("llmos_processes", "Processes by state.", labels=["state"])
-        counts = {state.value: 0 for state in ProcState}
-        for p in k.procs:
-            counts[p.state.value] += 1
+        seen = Counter(p.state.value for p in k.procs)
+        counts = {state.value: seen[state.value] for state in ProcState}
         for state, n in counts.items():
             by_state.add_metric([state], n)
         yield by_state
