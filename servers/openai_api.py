@@ -144,9 +144,12 @@ class ChatStream(Response):
                 await self._stream(send)
                 nursery.cancel_scope.cancel()
         finally:
-            proc = self.kernel.procs.get(self.pid)
-            if proc is not None:
-                self.kernel.end_session(proc)
+            self._end_session()
+
+    def _end_session(self) -> None:
+        proc = self.kernel.procs.get(self.pid)
+        if proc is not None and proc.alive:
+            self.kernel.end_session(proc)
 
     async def _stream(self, send: Any) -> None:
         async def body(data: bytes, more: bool = True) -> None:
@@ -160,8 +163,10 @@ class ChatStream(Response):
         try:
             reply = await dispatch(self.kernel, self.pid, "llm.chat", self.args, emit)
         except SyscallError as err:
+            self._end_session()
             await body(_event(http_error(err).body()))
         else:
+            self._end_session()  # gone from the table before the client can read the end
             await body(self._chunk(Delta(), _finish(reply.finish_reason)))
             if self.req.stream_options is not None and self.req.stream_options.include_usage:
                 await body(self._chunk(Delta(), usage=_usage(reply)))
