@@ -115,7 +115,7 @@ def test_shell_commands_for_tools_mounts_and_messages(tiny_backend):
         await shell.execute(f"mount fx {sys.executable} {SERVER}")
         await shell.execute("tools fx.add calc")
         other = local_handle(kernel, kernel.session("other"))
-        await shell.execute(f"send {other.pid} '{{\"n\": 1}}'")
+        await shell.execute(f"send --json {other.pid} {{\"n\": 1}}")  # JSON when asked; else the line as typed
         await shell.execute(f"send {other.pid} plain words")
         await shell.execute("umount fx")
         await shell.execute("tools fx.*")
