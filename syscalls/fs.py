@@ -46,11 +46,11 @@ def relative(call: Call, path: str) -> str:
         raise SyscallError(Errno.EINVAL, str(exc)) from None
 
 
-def os_error(exc: OSError, path: str, root: Path) -> SyscallError:
+def os_error(exc: OSError, path: str, root: Path, what: str = "file or folder") -> SyscallError:
     if isinstance(exc, beneath.Escape):
         return SyscallError(Errno.EPERM, f"{path!r} is outside the process's root {root}")
     known = {
-        errno.ENOENT: (Errno.ENOENT, f"no such file or folder: {path}"),
+        errno.ENOENT: (Errno.ENOENT, f"no such {what}: {path}"),
         errno.ENOTDIR: (Errno.ENOENT, f"not a folder on the way to: {path}"),
         errno.EISDIR: (Errno.EINVAL, f"{path} is a directory"),
         errno.EACCES: (Errno.EPERM, f"permission denied: {path}"),
@@ -85,7 +85,7 @@ async def read(call: Call, req: ReadRequest) -> ReadResponse:
     try:
         data, truncated = await trio.to_thread.run_sync(_read)
     except OSError as exc:
-        raise os_error(exc, req.path, root) from None
+        raise os_error(exc, req.path, root, "file") from None
     return ReadResponse(path=req.path, content=data.decode("utf-8", errors="replace"), truncated=truncated)
 
 
@@ -141,5 +141,5 @@ async def list_(call: Call, req: ListRequest) -> ListResponse:
     except NotADirectoryError:
         raise SyscallError(Errno.ENOENT, f"no such folder: {req.path}") from None
     except OSError as exc:
-        raise os_error(exc, req.path, root) from None
+        raise os_error(exc, req.path, root, "folder") from None
     return ListResponse(path=req.path, entries=entries)

@@ -3,6 +3,13 @@
 import os
 
 
+def _target(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None  # (the listing's own descriptor, closed by now)
+
+
 async def main(sys, args):
     status = {}
     with open("/proc/self/status") as f:
@@ -17,6 +24,6 @@ async def main(sys, args):
         "cwd": os.getcwd(),
         "env": dict(os.environ),
         "status": status,
-        "open_fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        "open_fds": {int(fd): _target(fd) for fd in os.listdir("/proc/self/fd")},
         "modules_heavy": sorted(m for m in ("torch", "transformers", "chromadb", "numpy", "llmos.kernel") if m in __import__("sys").modules),
     }
