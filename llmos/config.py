@@ -97,6 +97,7 @@ class KernelConfig:
     # How agent programs run: "workers" (each in its own confined OS process) or, for trusted
     # code only, "inprocess-trusted" (coroutines in the kernel's process: no isolation at all).
     isolation: str = field(default_factory=lambda: os.environ.get("LLMOS_ISOLATION") or "workers")
+    prestart_workers: bool = True  # start the worker template at boot, not at the first spawn
     worker_memory_mb: int = 2048  # a worker's address space unless its quota says less
     worker_open_files: int = 256
     threads: int = field(default_factory=lambda: int(os.environ.get("LLMOS_THREADS", "0")))

@@ -335,3 +335,23 @@ async def _errno(coro):
     from conftest import errno_of
 
     return await errno_of(coro)
+
+
+def test_the_shell_refuses_to_kill_or_stop_itself(tiny_backend):
+    import io
+
+    from rich.console import Console
+
+    from llmos.shell.shell import Shell
+
+    async def body(kernel, sh):
+        out = io.StringIO()
+        shell = Shell(sh, Console(file=out, width=200))
+        await shell.execute(f"kill {sh.pid}")
+        await shell.execute(f"stop {sh.pid}")
+        await shell.execute("ps")  # and it goes on working
+        return out.getvalue(), kernel.procs.get(sh.pid)
+
+    text, me = run(tiny_backend, body)
+    assert text.count("this shell's own session") == 2 and "use quit" in text
+    assert me.alive and not me.stopped and "RUNNING" in text

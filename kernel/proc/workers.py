@@ -39,7 +39,7 @@ from llmos.abi.worker import Exited, Failed, Ready, Spawned, WorkerSpec, templat
 START_TIMEOUT = 120.0  # seconds for the template to import the SDK (a cold disk, a busy machine)
 REPORT_TIMEOUT = 5.0  # after a worker's exit, for the template's report of its status
 MAX_MESSAGE = 1 << 20
-WORKER_NICE = 5  # workers run below the kernel: a busy agent cannot starve the kernel's loop
+WORKER_NICE = 10  # workers run well below the kernel (and SCHED_BATCH): a busy agent cannot starve its loop
 ENV_PASSED = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -106,8 +106,9 @@ def describe_status(status: int | None) -> tuple[int, str]:
 class Template:
     """The template process and the kernel's end of its control socket."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, launched: "Launched | None" = None) -> None:
         self.nursery = nursery
+        self._launched = launched  # a template process started before the kernel's loop was up
         self.ready: Ready | None = None
         self.workers: dict[int, Worker] = {}  # OS pid -> worker, until reaped
         self.process: subprocess.Popen | None = None
@@ -123,9 +124,11 @@ class Template:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls) -> AsyncIterator["Template"]:
+    async def open(cls, launched: "Launched | None" = None) -> AsyncIterator["Template"]:
         async with trio.open_nursery() as nursery:
-            template = cls(nursery)
+            template = cls(nursery, launched)
+            if launched is not None:
+                await template.start_soon()
             try:
                 yield template
             finally:
@@ -134,12 +137,17 @@ class Template:
                     await template._stop()
                 nursery.cancel_scope.cancel()
 
-    async def start(self) -> Ready:
-        """The template, started if it is not running; ready to fork."""
+    async def start_soon(self) -> trio.Event:
+        """Start the template if it is not running; the event is set once it is ready."""
         if self._up is None:
             self._up = trio.Event()
             self.nursery.start_soon(self._supervise)
-        await self._up.wait()
+        await trio.lowlevel.checkpoint()
+        return self._up
+
+    async def start(self) -> Ready:
+        """The template, started if it is not running; ready to fork."""
+        await (await self.start_soon()).wait()
         if self.ready is None:
             raise WorkerStartError("the worker template could not be started (see the kernel's stderr)")
         return self.ready
@@ -191,17 +199,10 @@ class Template:
             self._up = None
 
     async def _launch(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            code = f"import sys; sys.path[:0] = {_llmos_path()!r}; from llmos.agents.worker import main; main()"
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-c", code, str(child.fileno()), str(os.getpid())],
-                pass_fds=[child.fileno()], env=template_env(), start_new_session=True, stdin=subprocess.DEVNULL, cwd="/",
-            )  # fmt: skip
-        finally:
-            child.close()
+        launched, self._launched = self._launched or launch(), None
+        self.process = launched.process
         self.starts += 1
-        self._sock = trio.socket.from_stdlib_socket(parent)
+        self._sock = trio.socket.from_stdlib_socket(launched.control)
         with trio.fail_after(START_TIMEOUT):
             message, _ = await self._receive()
         if not isinstance(message, Ready):
@@ -274,6 +275,29 @@ class Template:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@dataclass
+class Launched:
+    process: subprocess.Popen
+    control: socket.socket  # the kernel's end of the control socket
+
+
+def launch() -> Launched:
+    """Start a template process (it imports the SDK in the background; `Template` waits for it)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        code = f"import sys; sys.path[:0] = {_llmos_path()!r}; from llmos.agents.worker import main; main()"
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-c", code, str(child.fileno()), str(os.getpid())],
+            pass_fds=[child.fileno()], env=template_env(), start_new_session=True, stdin=subprocess.DEVNULL, cwd="/",
+        )  # fmt: skip
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    return Launched(process, parent)
 
 
 def _llmos_path() -> list[str]:

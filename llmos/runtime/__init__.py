@@ -61,6 +61,8 @@ async def boot(config: KernelConfig | None = None, backend: Backend | None = Non
     writes under the data directory is private to its user (umask 077 while it runs)."""
     config = config or KernelConfig()
     runner = make_runner(config)
+    if config.prestart_workers and hasattr(runner, "prestart"):
+        runner.prestart()  # its imports overlap the model's loading
     secure_data_dir()
     old_umask = os.umask(PRIVATE_UMASK)
     try:

@@ -37,11 +37,13 @@ from llmos.kernel.kernel import Kernel
 from llmos.kernel.proc.process import Process
 from llmos.kernel.proc.runner import Exit, Signal
 from llmos.kernel.proc.workers import (
+    Launched,
     Template,
     Worker,
     WorkerLimits,
     WorkerStartError,
     describe_status,
+    launch,
     make_tmp,
     worker_spec,
 )
@@ -59,6 +61,12 @@ class WorkerRunner:
         self.kernel: Kernel | None = None
         self.template: Template | None = None
         self.workers: dict[int, Worker] = {}  # llmos pid -> its worker, while it runs
+        self._launched: Launched | None = None
+
+    def prestart(self) -> None:
+        """Start the template process now, before the kernel's loop runs (while the model loads)."""
+        if self._launched is None and self.template is None:
+            self._launched = launch()
 
     def describe(self) -> str:
         from llmos.agents.sandbox import support  # (ctypes probes only: nothing the kernel lacks)
@@ -67,7 +75,8 @@ class WorkerRunner:
 
     async def serve(self, kernel: Kernel, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.kernel = kernel
-        async with Template.open() as template:
+        launched, self._launched = self._launched, None
+        async with Template.open(launched) as template:
             self.template = template
             task_status.started()
             await trio.sleep_forever()
