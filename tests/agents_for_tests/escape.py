@@ -1,9 +1,11 @@
 """Reaches past its syscalls for what is not its own: `escape KERNEL_PID [FILE...]` tries to
 read /etc/passwd and each FILE directly, the kernel's environment and memory, to signal the
 kernel and its own parent (the worker template), to connect to Unix sockets, to run a program.
-Returns each attempt's outcome: the exception's name, or "OK"."""
+Returns each attempt's outcome: the exception's name, or "OK". With KERNEL_PID prefixed by
+"kill:" it sends the kernel SIGKILL for real (against a daemon in its own process only)."""
 
 import os
+import signal
 import socket
 
 from llmos.agents import SyscallError
@@ -18,7 +20,8 @@ def attempt(fn):
 
 
 async def main(sys, args):
-    kernel_pid = int(args[0])
+    really = args[0].startswith("kill:")
+    kernel_pid = int(args[0].removeprefix("kill:"))
     files = args[1:]
     out = {
         "read /etc/passwd": attempt(lambda: open("/etc/passwd").read()),
@@ -26,7 +29,7 @@ async def main(sys, args):
         "list /home": attempt(lambda: os.listdir("/home")),
         "kernel environ": attempt(lambda: open(f"/proc/{kernel_pid}/environ", "rb").read()),
         "kernel memory": attempt(lambda: open(f"/proc/{kernel_pid}/mem", "rb").read(1)),
-        "signal kernel": attempt(lambda: os.kill(kernel_pid, 0)),
+        "signal kernel": attempt(lambda: os.kill(kernel_pid, signal.SIGKILL if really else 0)),
         "signal template": attempt(lambda: os.kill(os.getppid(), 0)),
         "signal everyone": attempt(lambda: os.kill(-1, 0)),
         "signal its group": attempt(lambda: os.kill(0, 0)),
