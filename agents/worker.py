@@ -150,7 +150,12 @@ class Template:
                 os._exit(EXIT_SETUP_FAILED)
         os.close(channel)
         self.workers.add(pid)
-        pidfd = os.pidfd_open(pid)  # not reaped yet (only this loop reaps): it is this very process
+        try:
+            pidfd = os.pidfd_open(pid)  # not reaped yet (only this loop reaps): it is this very process
+        except OSError as exc:  # (a container whose seccomp profile predates pidfds)
+            os.kill(pid, signal.SIGKILL)
+            self.send({"op": "failed", "error": f"pidfd_open: {exc} (workers need Linux >= 5.3 pidfds)"})
+            return
         try:
             self.send({"op": "spawned", "pid": pid}, [pidfd])
         finally:

@@ -355,3 +355,20 @@ def test_the_shell_refuses_to_kill_or_stop_itself(tiny_backend):
     text, me = run(tiny_backend, body)
     assert text.count("this shell's own session") == 2 and "use quit" in text
     assert me.alive and not me.stopped and "RUNNING" in text
+
+
+def test_killed_while_being_forked_leaves_nothing_behind(tiny_backend):
+    async def body(kernel, sh):
+        await kernel.runner.warm()
+        victims = [kernel.spawn(kernel.procs.get(sh.pid), prog("sleeper"), ["30"]) for _ in range(6)]
+        await trio.sleep(0)
+        for victim in victims:
+            kernel.kill(victim)  # mid-fork, some of them
+        statuses = [await sh.proc.wait(v.pid) for v in victims]
+        after = await sh.proc.wait(await sh.proc.spawn(prog("exiter")))  # its reply is its own
+        return statuses, after, dict(kernel.runner.workers), len(kernel.runner.template.workers)
+
+    statuses, after, workers, template_workers = run(tiny_backend, body)
+    assert all(s.exit_code == 137 for s in statuses)
+    assert after.exit_code == 3 and after.result == {"answer": 42}
+    assert workers == {} and template_workers == 0

@@ -121,6 +121,7 @@ class Template:
         self._replies_out: trio.MemoryReceiveChannel[Worker | str]
         self._replies, self._replies_out = trio.open_memory_channel(1)
         self._closing = False
+        self._awaiting = False  # a spawn waits for its reply
 
     @classmethod
     @asynccontextmanager
@@ -166,7 +167,7 @@ class Template:
                 except OSError as exc:
                     raise WorkerStartError(f"the worker template is gone: {exc}") from None
                 worker_end.close()
-                reply = await self._replies_out.receive()
+                reply = await self._reply()
         except BaseException:
             kernel_end.close()
             worker_end.close()
@@ -174,9 +175,29 @@ class Template:
         if isinstance(reply, str):
             kernel_end.close()
             raise WorkerStartError(reply)
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()  # killed while it was being forked
+        except trio.Cancelled:
+            reply.signal(signal.SIGKILL)
+            reply.close()
+            kernel_end.close()
+            raise
         reply.channel = trio.SocketStream(trio.socket.from_stdlib_socket(kernel_end))
         self.spawned += 1
         return reply
+
+    async def _reply(self) -> Worker | str:
+        """The template's answer to the spawn just sent. Waited for even if the caller is
+        cancelled meanwhile: a reply left unread would answer the next spawn."""
+        self._awaiting = True
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(START_TIMEOUT):
+                return await self._replies_out.receive()
+            if self.process is not None:
+                self.process.kill()  # a template that does not answer is broken: the next spawn starts another
+            return "the worker template did not answer"
+        finally:
+            self._awaiting = False
 
     # -- the template's life -------------------------------------------------------------------
 
@@ -255,6 +276,8 @@ class Template:
             self._sock.close()
             self._sock = None
         self.ready = None
+        if self._awaiting:
+            self._replies.send_nowait("the worker template died")
         for worker in self.workers.values():
             worker.reported.set()
         self.workers.clear()
