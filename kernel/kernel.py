@@ -14,6 +14,7 @@ import json
 import time
 import traceback
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Hashable
 
 import trio
@@ -33,6 +34,7 @@ from llmos.kernel.proc.ipc import Mailboxes, Message
 from llmos.kernel.proc.process import Process, ProcessTable, ProcState
 from llmos.kernel.proc.quota import tokens_used, wall_time_reason
 from llmos.kernel.proc.runner import Exit, Runner
+from llmos.kernel.proc.workers import library_paths
 from llmos.kernel.state.audit import AuditLog
 from llmos.kernel.state.events import Event, EventBus
 
@@ -116,23 +118,39 @@ class Kernel:
         caps: Capabilities | None = None,
     ) -> Process:
         """Start program `spec` as a child of `parent`. Its source is found and checked here,
-        never run (abi/program.py); the runner starts it. Raises ProgramError, TableFull."""
-        locate(spec)
+        never run (abi/program.py); the runner starts it. Raises ProgramError, TableFull,
+        PermissionError (a program the parent could not read itself)."""
+        location = locate(spec)
         ppid = parent.pid if parent else KERNEL_PID
         parent_caps = self.caps.get(ppid) or Capabilities()
         caps = caps or parent_caps
         session_pid = KERNEL_PID
+        inherited: tuple[str, ...] = ()
         if parent is not None:  # a child never gets more than its parent has left
             caps = caps.with_quota(caps.quota.within(parent_caps.quota.left_for(parent)))
             session_pid = parent.pid if parent.session else parent.session_pid
+            if not parent.session:
+                self._check_readable(parent, parent_caps, location.readable)
+                inherited = parent.program_folders
             self._check_limits(parent, session_pid)
         proc = self._new_process(ppid, name or _program_name(spec), spec, list(args or []), nice, caps)
         proc.session_pid = session_pid
+        proc.program_folders = tuple(dict.fromkeys([*inherited, *map(str, location.readable)]))
         if caps.quota.max_wall_time is not None:
             proc.cancel_scope.deadline = trio.current_time() + caps.quota.max_wall_time
         assert self._nursery is not None, "kernel is not booted"
         self._nursery.start_soon(self._run, proc, name=f"pid {proc.pid}")
         return proc
+
+    def _check_readable(self, parent: Process, caps: Capabilities, folders: tuple[Path, ...]) -> None:
+        """A process may start only programs it could read itself: inside its root, among its
+        own and its ancestors' program folders, or in the Python installation and llmos. (A
+        worker may read its program's folder: this keeps a spawn from opening other folders.)
+        Sessions — the shell, clients with the token — may start any program."""
+        allowed = [caps.fs_root, *map(Path, parent.program_folders), *library_paths()]
+        for folder in folders:
+            if not any(folder.is_relative_to(a) for a in allowed):
+                raise PermissionError(f"program folder {folder} is outside process {parent.pid}'s root and its programs' folders")
 
     def _check_limits(self, parent: Process, session_pid: int) -> None:
         """A process may have `max_children` live children, and everything started from one

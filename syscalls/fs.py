@@ -64,7 +64,7 @@ def os_error(exc: OSError, path: str, root: Path, what: str = "file or folder") 
 
 def check_private(fd: int, path: str) -> None:
     """The kernel's data directory (journal, audit log, token) is never a process's file."""
-    if beneath.real_path(fd).is_relative_to(data_dir()):
+    if beneath.real_path(fd).is_relative_to(data_dir().resolve()):
         raise SyscallError(Errno.EPERM, f"{path!r} is in the kernel's data directory")
 
 

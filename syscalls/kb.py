@@ -71,7 +71,7 @@ def _read_documents(root: Path, targets: list[tuple[str, str]]) -> tuple[list[tu
     root as fs.read opens a path; inside a folder, a symlink is skipped, never followed."""
     docs: list[tuple[str, str]] = []
     skipped: list[str] = []
-    private = data_dir()
+    private = data_dir().resolve()
     with beneath.root_dir(root) as root_fd:
         for shown, rel in targets:
             try:

@@ -50,6 +50,8 @@ async def spawn(call: Call, req: SpawnRequest) -> SpawnResponse:
         raise SyscallError(Errno.ENOENT if exc.missing else Errno.ENOEXEC, str(exc)) from None
     except TableFull as exc:
         raise SyscallError(Errno.EAGAIN, str(exc)) from None
+    except PermissionError as exc:
+        raise SyscallError(Errno.EPERM, str(exc)) from None
     return SpawnResponse(pid=child.pid)
 
 

@@ -372,3 +372,22 @@ def test_killed_while_being_forked_leaves_nothing_behind(tiny_backend):
     assert all(s.exit_code == 137 for s in statuses)
     assert after.exit_code == 3 and after.result == {"answer": 42}
     assert workers == {} and template_workers == 0
+
+
+def test_a_process_spawns_only_programs_it_could_read(tiny_backend, tmp_path):
+    box_root, elsewhere = tmp_path / "box", tmp_path / "elsewhere"
+    box_root.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "x.py").write_text("async def main(sys, args):\n    return 1\n")
+    (box_root / "mine.py").write_text("async def main(sys, args):\n    return 2\n")
+    outside, inside = str(elsewhere / "x.py"), str(box_root / "mine.py")
+
+    async def body(kernel, sh):
+        box = local_handle(kernel, kernel.session("box", Capabilities(fs_root=box_root)))
+        status = await box.proc.wait(await box.proc.spawn(prog("spawner"), outside, inside, prog("exiter"), "answer"))
+        return status.result
+
+    result = run(tiny_backend, body)
+    # Outside its root: refused (else its worker could read that folder); its own folder, its
+    # root and the bundled examples are fine.
+    assert result == {outside: "EPERM", inside: "OK", prog("exiter"): "OK", "answer": "OK"}

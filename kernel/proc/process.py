@@ -52,6 +52,7 @@ class Process:
     session: bool = False  # stands for an external client (shell, daemon client): no task of its own
     session_pid: int = 0  # the session it was started from, through any number of generations (0: none)
     os_pid: int | None = None  # its worker's OS pid while one runs it (for ps; signals go by pidfd)
+    program_folders: tuple[str, ...] = ()  # what its program (and its ancestors') may read: it may spawn from there
     exec_pending: bool = False  # restored after a restart, no task yet: `cont` starts its program anew
     continued: trio.Event = field(default_factory=trio.Event)  # set when a stop ends
     # accounting

@@ -17,12 +17,14 @@ file grants from its fs root, and an environment that carries no secret of the k
 from __future__ import annotations
 
 import array
+import functools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from contextlib import asynccontextmanager
@@ -374,6 +376,7 @@ def grants(root: Path, protected: Path | None) -> tuple[list[str], list[str]]:
     Landlock grants only add up, so a folder inside the root is kept out by granting, on the
     way down to it, each folder's other entries in full and the folders on the way only a
     listing. (What is created in those folders later is not covered: rare, and refused.)"""
+    protected = protected.resolve() if protected is not None else None
     if protected is None or protected == root or not protected.is_relative_to(root):
         return [str(root)], []
     read_write: list[str] = []
@@ -388,6 +391,18 @@ def grants(root: Path, protected: Path | None) -> tuple[list[str], list[str]]:
         read_write.extend(str(folder / e) for e in entries if e != part)
         folder = folder / part
     return read_write, list_only
+
+
+@functools.cache
+def library_paths() -> tuple[Path, ...]:
+    """What every worker may read (the template grants the same): the interpreter's libraries
+    and site-packages, and llmos's own packages where they really are."""
+    import llmos
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    paths.update(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    paths.update(str(Path(llmos.__file__).resolve().parent / sub) for sub in ("", "abi", "agents"))
+    return tuple(Path(p).resolve() for p in paths)
 
 
 def make_tmp(pid: int) -> Path:

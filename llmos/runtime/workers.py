@@ -184,6 +184,7 @@ class Channel:
             except FrameError as err:
                 await self.refuse(err.frame_id, err)
                 continue
+            await trio.lowlevel.checkpoint()  # a worker flooding its channel takes its turn, not the loop
             if isinstance(frame, ExitFrame):
                 self.ended = Exit(frame.code, frame.reason, frame.result)
                 return
