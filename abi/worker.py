@@ -36,6 +36,7 @@ class WorkerSpec(BaseModel):
     env: dict[str, str]
     umask: int = 0o022
     nice: int = 0  # OS niceness (workers run below the kernel)
+    batch: bool = True  # SCHED_BATCH: on waking it does not preempt (the kernel's loop answers first)
     address_space: int | None = None  # bytes (RLIMIT_AS)
     cpu_seconds: int | None = None  # RLIMIT_CPU
     open_files: int | None = None  # RLIMIT_NOFILE

@@ -219,10 +219,11 @@ def become_worker(spec: WorkerSpec, channel: int, template: Template) -> None:
     os.umask(spec.umask)
     if spec.nice:
         os.nice(spec.nice)
-    try:  # throughput work: it never preempts the kernel on waking (the kernel's loop answers first)
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except (OSError, AttributeError):
-        pass
+    if spec.batch:
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except (OSError, AttributeError):
+            pass
     os.environ.clear()
     os.environ.update(spec.env)
     for stream in (sys.stdout, sys.stderr):

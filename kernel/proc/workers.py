@@ -41,7 +41,8 @@ from llmos.abi.worker import Exited, Failed, Ready, Spawned, WorkerSpec, templat
 START_TIMEOUT = 120.0  # seconds for the template to import the SDK (a cold disk, a busy machine)
 REPORT_TIMEOUT = 5.0  # after a worker's exit, for the template's report of its status
 MAX_MESSAGE = 1 << 20
-WORKER_NICE = 10  # workers run well below the kernel (and SCHED_BATCH): a busy agent cannot starve its loop
+WORKER_NICE = 10  # workers run well below the kernel: a busy agent cannot starve its loop
+WORKER_BATCH = True  # and as SCHED_BATCH
 ENV_PASSED = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -364,7 +365,7 @@ def worker_spec(
         pid=pid, name=name, program=program, args=args, root=str(root), read_write=[*read_write, str(tmp)],
         read_only=[str(p) for p in location.readable], list_only=list_only,
         search_path=str(location.search_path) if location.search_path else None, env=env, umask=umask,
-        nice=min(19, WORKER_NICE + max(0, nice)),
+        nice=min(19, WORKER_NICE + max(0, nice)), batch=WORKER_BATCH,
         address_space=limits.address_space_mb * 2**20 if limits.address_space_mb else None,
         cpu_seconds=limits.cpu_seconds, open_files=limits.open_files,
     )  # fmt: skip
