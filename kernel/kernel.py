@@ -23,11 +23,15 @@ from llmos.abi.errors import Errno, SyscallError, killed
 from llmos.abi.proc import EXIT_ERROR, EXIT_KILLED, EXIT_QUOTA, EXIT_TERMINATED, KERNEL_PID
 from llmos.abi.program import ProgramError, locate
 from llmos.config import KernelConfig
+from llmos.kernel.kb import KnowledgeBase
+from llmos.kernel.lazymodel import LazyBackend, ModelLoadError
+from llmos.kernel.mcp import MountTable
 from llmos.kernel.memory.embeddings import Embedder
 from llmos.kernel.memory.manager import Memory
 from llmos.kernel.model.backend import Backend
 from llmos.kernel.model.engine import ContextTooLong, Engine, Request
 from llmos.kernel.model.loader import open_engine
+from llmos.kernel.model.remote import is_remote
 from llmos.kernel.model.sampling import SamplingParams
 from llmos.kernel.proc.capabilities import Capabilities
 from llmos.kernel.proc.ipc import Mailboxes, Message
@@ -68,9 +72,8 @@ class Kernel:
         self.caps: dict[int, Capabilities] = {}
         self.audit = AuditLog()  # every syscall, one JSON line
         self.mailboxes = Mailboxes()  # ipc.send / ipc.recv
-        self.mounted: dict[str, Any] = {}  # syscalls added at run time (MCP tools): name -> Syscall
-        self.mounts: dict[str, Any] = {}  # MCP servers mounted: prefix -> Mount (syscalls/mcp.py)
-        self.kb: Any = None  # the knowledge base (kernel/kb.py), opened on first use
+        self.mounts = MountTable()  # MCP servers whose tools are served as syscalls (kernel/mcp.py)
+        self._kb: KnowledgeBase | None = None
         self._nursery: trio.Nursery | None = None
         self.started = time.time()
         self._wait_channels: dict[Hashable, trio.lowlevel.ParkingLot] = {}  # key -> processes blocked on it
@@ -86,10 +89,12 @@ class Kernel:
         runner: Runner,
     ) -> AsyncIterator["Kernel"]:
         config = config or KernelConfig()
+        if backend is None and not is_remote(config.model):  # the weights load on the first LLM call
+            backend = await trio.to_thread.run_sync(LazyBackend.open, config.model, config.dtype, config.threads)
         kernel = cls(config, await open_engine(config, backend), runner)
         async with trio.open_nursery() as nursery:
             kernel._nursery = nursery
-            nursery.start_soon(kernel.engine.run)
+            nursery.start_soon(kernel._run_engine)
             await nursery.start(runner.serve, kernel)
             try:
                 yield kernel
@@ -97,6 +102,32 @@ class Kernel:
                 with trio.CancelScope(deadline=trio.current_time() + MEMORY_CLOSE_SECONDS, shield=True):
                     await kernel.memory.close()
                 nursery.cancel_scope.cancel()
+
+    @property
+    def kb(self) -> KnowledgeBase:
+        """The knowledge base (kernel/kb.py), opened on first use; it shares the kernel's embedder."""
+        if self._kb is None:
+            self._kb = KnowledgeBase(self.embedder)
+        return self._kb
+
+    @kb.setter
+    def kb(self, kb: KnowledgeBase) -> None:  # (tests and benchmarks point it at a scratch store)
+        self._kb = kb
+
+    async def _run_engine(self) -> None:
+        """The engine's loop. A model not loaded yet (kernel/lazymodel.py) loads when the first
+        request arrives, the requests queueing meanwhile; watchers see it as kernel events."""
+        model = self.backend
+        if isinstance(model, LazyBackend) and not model.loaded:
+            await self.engine.requested()
+            self.events.publish(Event(KERNEL_PID, "kernel", f"loading the model {model.name} (first LLM call)…"))
+            try:
+                await trio.to_thread.run_sync(model.load)
+            except ModelLoadError as exc:  # the step that needs it fails its requests with EIO
+                self.events.publish(Event(KERNEL_PID, "kernel", str(exc)))
+            else:
+                self.events.publish(Event(KERNEL_PID, "kernel", f"model {model.name} loaded in {model.load_seconds:.1f} s"))
+        await self.engine.run()
 
     # -- processes -----------------------------------------------------------------------
 

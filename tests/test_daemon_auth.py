@@ -43,8 +43,8 @@ def test_failed_hellos_are_audited_and_rate_limited(tiny_backend, tmp_path, monk
     assert "too many failed hellos" in replies[-1]["message"]
     assert limited["errno"] == "EAGAIN" and ok["pid"] > 0 and failures == 5
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    hellos = [r for r in audit if r["syscall"] == "daemon.hello"]
-    assert [r["result"] for r in hellos] == ["EPERM"] * 5 + ["RATELIMITED"] * 3
+    hellos = [r for r in audit if r["syscall"] == "auth" and r["args"]["door"] == "socket"]
+    assert [r["result"] for r in hellos] == ["EPERM"] * 5 + ["EAGAIN"] * 3
     assert all(r["args"]["peer_pid"] == os.getpid() and r["args"]["peer_uid"] == os.getuid() for r in hellos)
     assert all("token" not in r["args"] for r in hellos)  # what was guessed is not written down
 

@@ -84,3 +84,14 @@ def test_only_the_process_module_assigns_process_state():
                     if isinstance(sub, ast.Attribute) and sub.attr in ("state", "activity", "stopped", "wchan"):
                         offenders.append(f"{path.relative_to(ROOT)}:{sub.lineno} assigns .{sub.attr}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_import_contracts_hold():
+    """import-linter's contracts (pyproject.toml): the layers, the ABI's and the agents' imports."""
+    r = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def test_ruff_finds_nothing():
+    r = subprocess.run([str(Path(sys.executable).parent / "ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:]

@@ -15,6 +15,7 @@ between steps.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,27 @@ class ContextTooLong(ValueError):
     pass
 
 
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+INTER_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Cumulative counts of latencies (seconds) by upper bound, as Prometheus histograms keep
+    them; the last count is everything above the largest bound."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+
 @dataclass
 class EngineStats:
     steps: int = 0
@@ -43,6 +65,10 @@ class EngineStats:
     busy_time: float = 0.0  # seconds inside forward passes
     failed_steps: int = 0  # forward passes that raised; their requests failed with EIO
     batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
+    prefix_hits: int = 0  # requests whose prompt began with KV already computed (retained or shared)
+    cached_tokens: int = 0  # prompt tokens those requests did not prefill
+    ttft: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(TTFT_BUCKETS))  # submit -> first token
+    inter_token: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(INTER_TOKEN_BUCKETS))
 
     def note_batch(self, n: int) -> None:
         self.batch_sizes.append(n)
@@ -106,6 +132,7 @@ class Engine:
         self._wakeup = trio.Event()
         self._channels: dict[int, trio.MemorySendChannel[str]] = {}  # id(request) -> text sink
         self._receivers: dict[int, trio.MemoryReceiveChannel[str]] = {}
+        self._last_token_at: dict[int, float] = {}  # id(request) -> when its latest token came
         self.recorded: list[tuple[Any, SamplingParams]] | None = None  # a list: every request is kept there
 
     def submit_chat(self, proc: Process, messages: list[dict[str, str]], params: SamplingParams) -> Request:
@@ -138,6 +165,7 @@ class Engine:
         finished (the process was killed, or the call timed out) it leaves the batch now."""
         self._channels.pop(id(request), None)
         self._receivers.pop(id(request), None)
+        self._last_token_at.pop(id(request), None)
         if request.status is not SeqStatus.FINISHED:
             request.cancelled = True
             self.scheduler.remove(request)
@@ -148,6 +176,12 @@ class Engine:
     def _abandon(self, request: Any) -> None:
         """Whatever an engine must undo for a request released before it finished."""
 
+    async def requested(self) -> None:
+        """Return once a request has been submitted (the kernel loads a lazy model then)."""
+        while not len(self.scheduler):
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
     def wake(self) -> None:
         """Something changed that may let the scheduler make progress (a process continued)."""
         self._wakeup.set()
@@ -157,8 +191,19 @@ class Engine:
         if delta and send is not None:
             send.send_nowait(delta)
 
+    def _time_token(self, request: Any) -> None:
+        """TTFT for a request's first token, inter-token latency for the others."""
+        now = time.monotonic()
+        last = self._last_token_at.get(id(request))
+        if last is None:
+            self.stats.ttft.observe(now - request.arrived)
+        else:
+            self.stats.inter_token.observe(now - last)
+        self._last_token_at[id(request)] = now
+
     def _end(self, request: Any) -> None:
         """A finished request leaves the queue; its reader sees the end of its text."""
+        self._last_token_at.pop(id(request), None)
         self.scheduler.remove(request)
         send = self._channels.get(id(request))
         if send is not None:
@@ -211,6 +256,9 @@ class BatchEngine(Engine):
         proc.prompt_tokens += len(prompt_ids)
         seq = Sequence(proc, prompt_ids, params, kv, self.backend.decode, self.backend.eos_ids)
         seq.cached_tokens = kv.length
+        if kv.length:
+            self.stats.prefix_hits += 1
+            self.stats.cached_tokens += kv.length
         self._queue(proc, seq, list(prompt_ids))
         return seq
 
@@ -284,6 +332,7 @@ class BatchEngine(Engine):
             if token is None:
                 continue
             delta = seq.append(token)
+            self._time_token(seq)
             proc.generated_tokens += 1
             self.stats.tokens_generated += 1
             self.scheduler.account(seq, 1)
