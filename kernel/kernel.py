@@ -377,10 +377,11 @@ class Kernel:
         checkpointed mid-flight, so what survives a restart is its record, log and memory."""
         proc.exec_pending = False
         try:
-            locate(proc.program)
+            location = locate(proc.program)
         except ProgramError as exc:
             self.exit(proc, EXIT_ERROR, f"cannot restart: {exc}")
             return
+        proc.program_folders = tuple(dict.fromkeys([*proc.program_folders, *map(str, location.readable)]))
         limit = self.caps[proc.pid].quota.max_wall_time
         if limit is not None:  # wall time counts from the original spawn: it is the same process
             proc.cancel_scope.deadline = trio.current_time() + limit - (time.time() - proc.created)
