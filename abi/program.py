@@ -14,6 +14,7 @@ worker's business (llmos.agents.program).
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.machinery
 import importlib.util
 import sys
@@ -104,11 +105,24 @@ def _find_module(name: str) -> tuple[Path | None, Path | None, Path | None] | No
 
 def _check_source(path: Path, func: str, spec: str) -> None:
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except SyntaxError as exc:
-        raise ProgramError(f"{spec}: syntax error at line {exc.lineno}: {exc.msg}", missing=False) from None
-    except (OSError, ValueError) as exc:
+        st = path.stat()
+    except OSError as exc:
         raise ProgramError(f"{spec}: cannot be read: {exc}", missing=False) from None
+    problem = _entry_problem(str(path), func, st.st_mtime_ns, st.st_size, st.st_ino)
+    if problem is not None:
+        raise ProgramError(f"{spec}: {problem}", missing=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _entry_problem(path: str, func: str, mtime_ns: int, size: int, inode: int) -> str | None:
+    """What is wrong with the entry point of the source at `path` as it is now (cached by its
+    stat: a program spawned again and again, the demo's or a fork bomb's, is parsed once)."""
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=path)
+    except SyntaxError as exc:
+        return f"syntax error at line {exc.lineno}: {exc.msg}"
+    except (OSError, ValueError) as exc:
+        return f"cannot be read: {exc}"
     bound = None
     for node in tree.body:  # the last top-level binding of the name wins, as when it runs
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == func:
@@ -116,9 +130,10 @@ def _check_source(path: Path, func: str, spec: str) -> None:
         elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.ImportFrom, ast.Import)) and func in _names_bound(node):
             bound = node
     if bound is None:
-        raise ProgramError(f"{spec}: no entry point; define `async def {func}(sys, args)`", missing=False)
+        return f"no entry point; define `async def {func}(sys, args)`"
     if isinstance(bound, (ast.FunctionDef, ast.ClassDef)):
-        raise ProgramError(f"{spec}: `{func}` must be an async function: `async def {func}(sys, args)`", missing=False)
+        return f"`{func}` must be an async function: `async def {func}(sys, args)`"
+    return None
 
 
 def _names_bound(node: ast.stmt) -> set[str]:

@@ -166,6 +166,7 @@ class Kernel:
             self._check_limits(parent, session_pid)
         proc = self._new_process(ppid, name or _program_name(spec), spec, list(args or []), nice, caps)
         proc.session_pid = session_pid
+        proc.location = location
         proc.program_folders = tuple(dict.fromkeys([*inherited, *map(str, location.readable)]))
         if caps.quota.max_wall_time is not None:
             proc.cancel_scope.deadline = trio.current_time() + caps.quota.max_wall_time
@@ -191,7 +192,7 @@ class Kernel:
         if children >= self.config.max_children:
             raise TableFull(f"process {parent.pid} has {children} live children, its limit")
         if session_pid != KERNEL_PID:
-            started = sum(1 for p in self.procs if p.alive and p.session_pid == session_pid)
+            started = self.procs.live_in_session(session_pid)
             if started >= self.config.max_session_processes:
                 raise TableFull(f"session {session_pid} has {started} live processes, its limit")
 
@@ -381,6 +382,7 @@ class Kernel:
         except ProgramError as exc:
             self.exit(proc, EXIT_ERROR, f"cannot restart: {exc}")
             return
+        proc.location = location
         proc.program_folders = tuple(dict.fromkeys([*proc.program_folders, *map(str, location.readable)]))
         limit = self.caps[proc.pid].quota.max_wall_time
         if limit is not None:  # wall time counts from the original spawn: it is the same process

@@ -391,3 +391,25 @@ def test_a_process_spawns_only_programs_it_could_read(tiny_backend, tmp_path):
     # Outside its root: refused (else its worker could read that folder); its own folder, its
     # root and the bundled examples are fine.
     assert result == {outside: "EPERM", inside: "OK", prog("exiter"): "OK", "answer": "OK"}
+
+
+def test_a_root_that_holds_the_data_dir_keeps_it_out(tiny_backend, tmp_path, monkeypatch):
+    """A root such as $HOME holds the kernel's data directory: the worker may use the rest of
+    the root, directly and through fs.*, but not the token, the journal or the audit log."""
+    home = tmp_path / ".local" / "llmos"
+    home.mkdir(parents=True)
+    (home / "daemon.token").write_text("the-token\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / ".local" / "other.txt").write_text("also mine")
+    monkeypatch.setenv("LLMOS_HOME", str(home))
+    files = [str(tmp_path / "notes.txt"), str(tmp_path / ".local" / "other.txt"), str(home / "daemon.token")]
+
+    async def body(kernel, sh):
+        box = local_handle(kernel, kernel.session("box", Capabilities(fs_root=tmp_path)))
+        return await box.proc.wait(await box.proc.spawn(prog("escape"), str(os.getpid()), *files))
+
+    status = run(tiny_backend, body)
+    out = status.result
+    notes, other, token = files
+    assert out[f"read {notes}"] == out[f"read {other}"] == out[f"fs.read {notes}"] == out[f"fs.read {other}"] == "OK"
+    assert out[f"read {token}"] == "PermissionError" and out[f"fs.read {token}"] == "EPERM"

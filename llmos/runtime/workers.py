@@ -91,7 +91,7 @@ class WorkerRunner:
         assert kernel is not None and template is not None, "kernel is not booted"
         caps = kernel.caps[proc.pid]
         try:
-            location = locate(proc.program)
+            location = proc.location or locate(proc.program)  # (found at spawn)
         except ProgramError as exc:
             return Exit(EXIT_ERROR, f"cannot load the program: {exc}")
         if not caps.fs_root.is_dir():
