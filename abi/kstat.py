@@ -28,6 +28,8 @@ class KernelStat(BaseModel):
     failed_steps: int = 0  # forward passes that raised (their requests got EIO; the kernel went on)
     journal_failures: int = 0  # failed commits of the daemon's journal (state not on disk)
     journal_error: str | None = None  # the latest of them
+    isolation: str = "workers"  # how agent programs run: "workers" or "inprocess-trusted"
+    sandbox: str = ""  # what confines a worker here (Landlock ABI, seccomp), or what is missing
 
 
 declare("kernel.stat", Empty, KernelStat, doc="Model, policy, engine counters and memory in use.")

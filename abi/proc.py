@@ -57,6 +57,8 @@ class QuotaSpec(BaseModel):
     max_wall_time: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     max_syscalls: int | None = Field(default=None, ge=0)
     max_memory_pages: int | None = Field(default=None, ge=0)
+    max_memory_mb: int | None = Field(default=None, ge=16, description="the worker's address space (RLIMIT_AS)")
+    max_cpu_time: int | None = Field(default=None, ge=1, description="CPU seconds of the worker (RLIMIT_CPU)")
 
 
 class SpawnRequest(BaseModel):
@@ -146,6 +148,7 @@ class ProcInfo(BaseModel):
     age: float
     exit_code: int | None
     exit_reason: str
+    os_pid: int | None = None  # the pid of its worker process, while it has one
 
 
 class PsResponse(BaseModel):
@@ -185,6 +188,6 @@ declare("proc.nice", NiceRequest, NiceResponse, doc="Set the nice value (schedul
 declare("proc.ps", Empty, PsResponse, doc="Every process in the table.")
 declare(
     "proc.limits", Empty, Limits,
-    doc="The caller's quota (max tokens, wall time, syscalls, memory pages), its use so far and what is left.",
+    doc="The caller's quota (max tokens, wall time, syscalls, memory pages, worker memory and CPU), its use so far and what is left.",
 )  # fmt: skip
 declare("sleep", SleepRequest, Ok, doc="Sleep; the process gives up nothing but time (its KV cache is kept).")

@@ -17,6 +17,12 @@ daemon -> client
   {"id": 2, "result": {...}}    the response (TABLE[name].response); ends the call
   {"id": 2, "error": {"errno": "EINVAL", "message": "...", "details": [...]}}   ends the call
 An error about a frame that could not be read at all carries "id": null.
+
+An agent worker speaks the same protocol over its private channel to the kernel, without the
+hello (the channel is its identity: the kernel knows whose it is because it made it), plus
+one frame of its own, its last:
+  {"id": 0, "op": "exit", "code": 0, "reason": "exited", "result": ...}
+        the program returned (or raised: code 1 and the traceback as reason)
 """
 
 from __future__ import annotations
@@ -66,8 +72,21 @@ class CancelFrame(BaseModel):
     id: FrameId
 
 
+class ExitFrame(BaseModel):
+    """A worker's last frame: how its program ended."""
+
+    model_config = {"extra": "forbid"}
+    op: Literal["exit"]
+    id: FrameId
+    code: int = Field(ge=0, le=255)
+    reason: StrictStr = Field(max_length=64 * 1024)
+    result: Any = None
+
+
 ClientFrame = Annotated[Union[Hello, CallFrame, CancelFrame], Field(discriminator="op")]
+WorkerFrame = Annotated[Union[CallFrame, CancelFrame, ExitFrame], Field(discriminator="op")]
 _client_frame: TypeAdapter[Hello | CallFrame | CancelFrame] = TypeAdapter(ClientFrame)
+_worker_frame: TypeAdapter[CallFrame | CancelFrame | ExitFrame] = TypeAdapter(WorkerFrame)
 
 
 class HelloReply(BaseModel):
@@ -87,6 +106,15 @@ class FrameError(SyscallError):
 
 def parse_client_frame(line: bytes) -> Hello | CallFrame | CancelFrame:
     """Decode one request line. Raises FrameError with the reason; never anything else."""
+    return _parse(line, _client_frame)  # type: ignore[return-value]
+
+
+def parse_worker_frame(line: bytes) -> CallFrame | CancelFrame | ExitFrame:
+    """Decode one line from an agent worker's channel (no hello; an exit frame)."""
+    return _parse(line, _worker_frame)  # type: ignore[return-value]
+
+
+def _parse(line: bytes, adapter: TypeAdapter) -> BaseModel:
     try:
         obj = json.loads(line)
     except RecursionError:
@@ -98,7 +126,7 @@ def parse_client_frame(line: bytes) -> Hello | CallFrame | CancelFrame:
     frame_id = obj.get("id")
     frame_id = frame_id if type(frame_id) is int and 0 <= frame_id < MAX_ID else None
     try:
-        return _client_frame.validate_python(obj)
+        return adapter.validate_python(obj)
     except ValidationError as exc:
         reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'frame'}: {e['msg']}" for e in exc.errors()[:5])
         raise FrameError(Errno.EINVAL, f"malformed frame: {reasons}", frame_id) from None

@@ -52,11 +52,13 @@ class DaemonUnavailable(SyscallError):
 
 
 class RemoteTransport:
-    """Carries syscalls over one daemon connection; `run` must be running to read replies."""
+    """Carries syscalls over one connection to a kernel (a daemon's socket, or an agent
+    worker's channel, `peer` naming which in errors); `run` must be running to read replies."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, pid: int = -1, peer: str = "the daemon") -> None:
         self.stream = stream
-        self.pid = -1
+        self.pid = pid
+        self.peer = peer
         self.hello: HelloReply | None = None
         self._reader = LineReader(stream, MAX_REPLY_FRAME)
         self._ids = itertools.count(1)
@@ -67,23 +69,23 @@ class RemoteTransport:
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Read frames and hand each to the call waiting for it, until the connection ends."""
         task_status.started()
-        reason = "the daemon closed the connection"
+        reason = f"{self.peer} closed the connection"
         try:
             while True:
                 line = await self._reader.next()
                 if line is None:
                     break
                 if isinstance(line, Oversized):
-                    reason = f"the daemon sent a frame of {line.size} bytes, over the client's limit"
+                    reason = f"{self.peer} sent a frame of {line.size} bytes, over the client's limit"
                     break
                 frame = _decode(line)
                 send = self._pending.get(frame.get("id")) if isinstance(frame.get("id"), int) else None
                 if send is not None:
                     send.send_nowait(frame)
                 elif "error" in frame and frame.get("id") is None:
-                    reason = f"the daemon refused the connection: {error_from(frame).message}"
+                    reason = f"{self.peer} refused the connection: {error_from(frame).message}"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = f"connection to the daemon lost: {exc}"
+            reason = f"connection to {self.peer} lost: {exc}"
         finally:
             self._lost = reason
             for send in self._pending.values():
@@ -119,7 +121,7 @@ class RemoteTransport:
                     return reply["result"]
                 else:
                     raise error_from(reply)
-            raise DaemonUnavailable(self._lost or "connection to the daemon lost")
+            raise DaemonUnavailable(self._lost or f"connection to {self.peer} lost")
         except trio.Cancelled:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self._send({"id": frame_id, "op": "cancel"}, quiet=True)
@@ -127,13 +129,17 @@ class RemoteTransport:
         finally:
             del self._pending[frame_id]
 
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        """Send a frame that expects no reply (an agent worker's exit frame)."""
+        await self._send(frame, quiet=True)
+
     async def _send(self, frame: dict[str, Any], quiet: bool = False) -> None:
         try:
             async with self._send_lock:
                 await self.stream.send_all(encode(frame))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if not quiet:
-                raise DaemonUnavailable(f"connection to the daemon lost: {exc}") from None
+                raise DaemonUnavailable(f"connection to {self.peer} lost: {exc}") from None
 
 
 def _decode(line: bytes) -> dict[str, Any]:

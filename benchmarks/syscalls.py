@@ -4,9 +4,11 @@
     llmos bench syscalls --calls 2000 --chunks 1000 --queries 20 --json out.json
 
 1. Dispatch overhead: a no-op tool made with `@tool` (async, and sync: the thread hop), and
-   `proc.getpid`, called from a session through the SDK, as an agent would: lookup,
-   validation, capability and quota checks, the handler, the audit-log line. Microseconds per
-   call, p50 / p99. The audit record alone is timed too, being a file write.
+   `proc.getpid`, called from a session through the SDK, as an in-process agent would: lookup,
+   validation, capability and quota checks, the handler, the audit-log line. Then the same
+   from an agent worker (its own OS process), timed by the program: the round trip over its
+   channel, JSON both ways. Microseconds per call, p50 / p99. The audit record alone is timed
+   too, being a file write.
 2. kb.search: 1,000 chunks of real text (docstrings of the Python standard library, read from
    its source files, never imported) ingested through kb.ingest into a fresh chromadb, then
    queries by meaning through kb.search (query embedding + vector search), p50 / p99 ms.
@@ -77,6 +79,15 @@ async def time_calls(sh, name: str, calls: int) -> dict[str, float]:
     return percentiles(samples)
 
 
+async def time_in_worker(sh, name: str, calls: int) -> dict[str, float]:
+    """The round trip as an agent in a worker sees it (timed in the worker)."""
+    pid = await sh.proc.spawn(str(Path(__file__).with_name("roundtrip_agent.py")), name, str(calls))
+    status = await sh.proc.wait(pid)
+    if status.exit_code != 0:
+        raise RuntimeError(f"the round-trip agent failed: {status.reason}")
+    return percentiles(status.result)
+
+
 def stdlib_chunks(n: int) -> list[tuple[str, str]]:
     """`n` chunks of docstrings from the standard library's sources, in a fixed order."""
     lib = Path(sysconfig.get_paths()["stdlib"])
@@ -109,6 +120,8 @@ async def bench(calls: int, chunks: int, queries: int) -> dict:
             "bench.noop (async tool)": await time_calls(sh, "bench.noop", calls),
             "bench.noop_sync (sync tool)": await time_calls(sh, "bench.noop_sync", max(1, calls // 4)),
             "proc.getpid (plain syscall)": await time_calls(sh, "proc.getpid", calls),
+            "bench.noop from a worker": await time_in_worker(sh, "bench.noop", calls),
+            "proc.getpid from a worker": await time_in_worker(sh, "proc.getpid", calls),
         }
         samples = []
         for i in range(min(calls, 5000)):
@@ -142,7 +155,8 @@ async def bench(calls: int, chunks: int, queries: int) -> dict:
 
 
 def render(results: dict, console: Console) -> None:
-    table = Table(title="syscall dispatch overhead (µs per call, from a session through the SDK)")
+    table = Table(title="syscall round trip (µs per call: from a session through the SDK, in-process; "
+                        "'from a worker': timed by a program in its own process, over its channel)")
     for col in ("syscall", "calls", "p50 µs", "p99 µs", "mean µs"):
         table.add_column(col, justify="left" if col == "syscall" else "right")
     for name, r in results["dispatch_us"].items():

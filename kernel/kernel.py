@@ -1,8 +1,11 @@
-"""The kernel: owns the process table, the LLM engine and the tasks processes run in.
+"""The kernel: owns the process table, the LLM engine and every process's life.
 
 Structured like a trio program should be: `Kernel.boot()` opens one nursery; the engine and
-every process run inside it, and leaving the `async with` cancels them all. A process that
-raises becomes a ZOMBIE with its traceback as exit reason; nothing it does reaches the kernel.
+a task per process run inside it, and leaving the `async with` cancels them all. A process's
+task asks the runner (kernel/proc/runner.py) to run its program — by default in a worker of
+its own, an OS process confined by the OS — and turns how it ended into its exit status: a
+program that raises becomes a ZOMBIE with its traceback as exit reason, a worker that crashes
+one with the signal that killed it; nothing it does reaches the kernel.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import json
 import time
 import traceback
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Hashable
 
 import trio
 
 from llmos.abi.errors import Errno, SyscallError, killed
-from llmos.abi.proc import EXIT_ERROR, EXIT_KILLED, EXIT_QUOTA, EXIT_TERMINATED, KERNEL_PID, ProcessExit
+from llmos.abi.proc import EXIT_ERROR, EXIT_KILLED, EXIT_QUOTA, EXIT_TERMINATED, KERNEL_PID
+from llmos.abi.program import ProgramError, locate
 from llmos.config import KernelConfig
 from llmos.kernel.kb import KnowledgeBase
 from llmos.kernel.lazymodel import LazyBackend, ModelLoadError
@@ -28,11 +33,12 @@ from llmos.kernel.model.engine import ContextTooLong, Engine, Request
 from llmos.kernel.model.loader import open_engine
 from llmos.kernel.model.remote import is_remote
 from llmos.kernel.model.sampling import SamplingParams
-from llmos.kernel.proc import program
 from llmos.kernel.proc.capabilities import Capabilities
 from llmos.kernel.proc.ipc import Mailboxes, Message
 from llmos.kernel.proc.process import Process, ProcessTable, ProcState
 from llmos.kernel.proc.quota import tokens_used, wall_time_reason
+from llmos.kernel.proc.runner import Exit, Runner
+from llmos.kernel.proc.workers import library_paths
 from llmos.kernel.state.audit import AuditLog
 from llmos.kernel.state.events import Event, EventBus
 
@@ -42,11 +48,10 @@ if TYPE_CHECKING:
 ORPHAN_ZOMBIES_KEPT = 256
 MEMORY_CLOSE_SECONDS = 10.0  # at shutdown, for writing out named memories
 
-HandleFactory = Callable[["Kernel", Process], Any]
 
 
 class TableFull(RuntimeError):
-    pass
+    """No room for another process: the table, or the caller's children or session limit."""
 
 
 class SenderGone(LookupError):
@@ -54,7 +59,7 @@ class SenderGone(LookupError):
 
 
 class Kernel:
-    def __init__(self, config: KernelConfig, engine: Engine, handle_factory: HandleFactory) -> None:
+    def __init__(self, config: KernelConfig, engine: Engine, runner: Runner) -> None:
         self.config = config
         self.engine = engine
         self.backend = engine.model  # the model: its name, tokenizer, context length
@@ -63,7 +68,7 @@ class Kernel:
         self.events = EventBus()
         self.embedder = Embedder()  # loaded on first use (memory, knowledge base)
         self.memory = Memory(self.backend.encode, self.backend.decode, self.embedder, config.memory)  # opens its store on first use
-        self.handle_factory = handle_factory
+        self.runner = runner  # how programs run: in workers, or (trusted) in this process
         self.caps: dict[int, Capabilities] = {}
         self.audit = AuditLog()  # every syscall, one JSON line
         self.mailboxes = Mailboxes()  # ipc.send / ipc.recv
@@ -73,6 +78,7 @@ class Kernel:
         self.started = time.time()
         self._wait_channels: dict[Hashable, trio.lowlevel.ParkingLot] = {}  # key -> processes blocked on it
         self.journal: Journal | None = None  # kernel/state/journal.py, when the daemon keeps state on disk
+        self.user_umask = 0o022  # the umask of the user who started the kernel: for files made for agents
 
     @classmethod
     @asynccontextmanager
@@ -80,15 +86,16 @@ class Kernel:
         cls,
         config: KernelConfig | None,
         backend: Backend | None,
-        handle_factory: HandleFactory,
+        runner: Runner,
     ) -> AsyncIterator["Kernel"]:
         config = config or KernelConfig()
         if backend is None and not is_remote(config.model):  # the weights load on the first LLM call
             backend = await trio.to_thread.run_sync(LazyBackend.open, config.model, config.dtype, config.threads)
-        kernel = cls(config, await open_engine(config, backend), handle_factory)
+        kernel = cls(config, await open_engine(config, backend), runner)
         async with trio.open_nursery() as nursery:
             kernel._nursery = nursery
             nursery.start_soon(kernel._run_engine)
+            await nursery.start(runner.serve, kernel)
             try:
                 yield kernel
             finally:
@@ -141,19 +148,53 @@ class Kernel:
         nice: int = 0,
         caps: Capabilities | None = None,
     ) -> Process:
-        """Load `spec` and start it as a child of `parent`. Raises program.ProgramError, TableFull."""
-        entry = program.load(spec)
+        """Start program `spec` as a child of `parent`. Its source is found and checked here,
+        never run (abi/program.py); the runner starts it. Raises ProgramError, TableFull,
+        PermissionError (a program the parent could not read itself)."""
+        location = locate(spec)
         ppid = parent.pid if parent else KERNEL_PID
         parent_caps = self.caps.get(ppid) or Capabilities()
         caps = caps or parent_caps
+        session_pid = KERNEL_PID
+        inherited: tuple[str, ...] = ()
         if parent is not None:  # a child never gets more than its parent has left
             caps = caps.with_quota(caps.quota.within(parent_caps.quota.left_for(parent)))
+            session_pid = parent.pid if parent.session else parent.session_pid
+            if not parent.session:
+                self._check_readable(parent, parent_caps, location.readable)
+                inherited = parent.program_folders
+            self._check_limits(parent, session_pid)
         proc = self._new_process(ppid, name or _program_name(spec), spec, list(args or []), nice, caps)
+        proc.session_pid = session_pid
+        proc.location = location
+        proc.program_folders = tuple(dict.fromkeys([*inherited, *map(str, location.readable)]))
         if caps.quota.max_wall_time is not None:
             proc.cancel_scope.deadline = trio.current_time() + caps.quota.max_wall_time
         assert self._nursery is not None, "kernel is not booted"
-        self._nursery.start_soon(self._run, proc, entry, name=f"pid {proc.pid}")
+        self._nursery.start_soon(self._run, proc, name=f"pid {proc.pid}")
         return proc
+
+    def _check_readable(self, parent: Process, caps: Capabilities, folders: tuple[Path, ...]) -> None:
+        """A process may start only programs it could read itself: inside its root, among its
+        own and its ancestors' program folders, or in the Python installation and llmos. (A
+        worker may read its program's folder: this keeps a spawn from opening other folders.)
+        Sessions — the shell, clients with the token — may start any program."""
+        allowed = [caps.fs_root, *map(Path, parent.program_folders), *library_paths()]
+        for folder in folders:
+            if not any(folder.is_relative_to(a) for a in allowed):
+                raise PermissionError(f"program folder {folder} is outside process {parent.pid}'s root and its programs' folders")
+
+    def _check_limits(self, parent: Process, session_pid: int) -> None:
+        """A process may have `max_children` live children, and everything started from one
+        session (a client), all generations, at most `max_session_processes`: a fork bomb
+        fills its own quarter, not the table other clients need."""
+        children = sum(1 for p in self.procs.children(parent.pid) if p.alive)
+        if children >= self.config.max_children:
+            raise TableFull(f"process {parent.pid} has {children} live children, its limit")
+        if session_pid != KERNEL_PID:
+            started = self.procs.live_in_session(session_pid)
+            if started >= self.config.max_session_processes:
+                raise TableFull(f"session {session_pid} has {started} live processes, its limit")
 
     def _new_process(self, ppid: int, name: str, spec: str, args: list[str], nice: int, caps: Capabilities) -> Process:
         if self.procs.live_count() >= self.config.max_processes:
@@ -164,26 +205,19 @@ class Kernel:
         self.events.publish(Event(proc.pid, "spawn", f"{name} ({spec}) {' '.join(args)}".strip()))
         return proc
 
-    async def _run(self, proc: Process, entry: program.Entry) -> None:
-        handle = self.handle_factory(self, proc)
+    async def _run(self, proc: Process) -> None:
+        """The process's task: its program runs (in its worker) until it ends, is killed, or
+        passes its wall-time deadline (the cancel scope's)."""
         with proc.cancel_scope:
             proc.set_running()
             try:
-                result = await entry(handle, proc.args)
-            except ProcessExit as exc:
-                self.exit(proc, exc.code, "exited", exc.result)
+                ended = await self.runner.run(proc)
             except trio.Cancelled:
                 raise
-            except BaseException as exc:  # the agent's bug, never the kernel's
-                if proc.killed:
-                    pass  # killed from within a syscall (a quota): it dies of that, below
-                elif isinstance(exc, SystemExit):
-                    self.exit(proc, exc.code if isinstance(exc.code, int) else EXIT_ERROR, "exited")
-                else:
-                    self.exit(proc, EXIT_ERROR, "".join(traceback.format_exception(exc)).rstrip())
-            else:
-                if not proc.killed:
-                    self.exit(proc, 0, "exited", result)
+            except Exception as exc:  # the runner's bug: the process dies of it, the kernel goes on
+                ended = Exit(EXIT_ERROR, "the runner failed: " + "".join(traceback.format_exception(exc)).rstrip())
+            if not proc.killed:  # (killed from within a syscall, a quota: it dies of that, below)
+                self.exit(proc, ended.code, ended.reason, ended.result)
         if proc.alive:  # our cancel scope absorbed a kill, or its wall-time deadline passed
             if not proc.killed:
                 proc.killed = True
@@ -252,7 +286,8 @@ class Kernel:
         if proc.session or proc.exec_pending:  # no task of its own to cancel
             self.exit(proc, proc.kill_code, proc.kill_reason)
         else:
-            proc.cancel_scope.cancel()
+            self.runner.signal(proc, "kill")  # a worker stops now, not at the task's next checkpoint
+            proc.cancel_scope.cancel()  # its task reaps the worker and records the exit
 
     def enforce_quota(self, proc: Process, pages: int | None = None) -> bool:
         """Kill `proc` if it is over its quota; True if it may go on. Called by dispatch on every
@@ -324,11 +359,15 @@ class Kernel:
         continued."""
         if not proc.set_stopped():
             return
+        if not proc.session:
+            self.runner.signal(proc, "stop")  # a worker: SIGSTOP, so its own code stops too
         self.events.publish(Event(proc.pid, "signal", "stopped"))
 
     def cont(self, proc: Process) -> None:
         if not proc.set_continued():
             return
+        if not proc.session and not proc.exec_pending:
+            self.runner.signal(proc, "cont")
         self.engine.wake()
         self.events.publish(Event(proc.pid, "signal", "continued"))
         if proc.exec_pending:
@@ -339,15 +378,17 @@ class Kernel:
         checkpointed mid-flight, so what survives a restart is its record, log and memory."""
         proc.exec_pending = False
         try:
-            entry = program.load(proc.program)
-        except program.ProgramError as exc:
+            location = locate(proc.program)
+        except ProgramError as exc:
             self.exit(proc, EXIT_ERROR, f"cannot restart: {exc}")
             return
+        proc.location = location
+        proc.program_folders = tuple(dict.fromkeys([*proc.program_folders, *map(str, location.readable)]))
         limit = self.caps[proc.pid].quota.max_wall_time
         if limit is not None:  # wall time counts from the original spawn: it is the same process
             proc.cancel_scope.deadline = trio.current_time() + limit - (time.time() - proc.created)
         assert self._nursery is not None, "kernel is not booted"
-        self._nursery.start_soon(self._run, proc, entry, name=f"pid {proc.pid}")
+        self._nursery.start_soon(self._run, proc, name=f"pid {proc.pid}")
 
     async def wait(self, parent: Process, pid: int | None) -> Process | None:
         """Wait for a child (a given one, or any) to exit and reap it. None if there is no such

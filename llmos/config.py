@@ -3,6 +3,10 @@
 Every setting has an environment variable so that operators and tests can move things
 without touching code: LLMOS_HOME (data), LLMOS_CACHE (converted weights), LLMOS_MODEL,
 LLMOS_DTYPE, LLMOS_THREADS, and LLMOS_MEM_* / LLMOS_CHROMA_URL for memory.
+
+The data directory holds private conversations (journal, audit log, memory store, knowledge
+base, the daemon's token): it is made 0700, and what llmos writes there is 0600
+(`secure_data_dir` at boot, and the umask a kernel runs with).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped by the llm-s
 
 def data_dir() -> Path:
     """Process records, logs, the embedded vector store: LLMOS_HOME, else XDG data home."""
-    return _folder("LLMOS_HOME", "XDG_DATA_HOME", "~/.local/share")
+    return _folder("LLMOS_HOME", "XDG_DATA_HOME", "~/.local/share", private=True)
 
 
 def cache_dir() -> Path:
@@ -24,11 +28,34 @@ def cache_dir() -> Path:
     return _folder("LLMOS_CACHE", "XDG_CACHE_HOME", "~/.cache")
 
 
-def _folder(own_env: str, xdg_env: str, xdg_default: str) -> Path:
+def _folder(own_env: str, xdg_env: str, xdg_default: str, private: bool = False) -> Path:
     base = os.environ.get(own_env) or os.path.join(os.environ.get(xdg_env) or os.path.expanduser(xdg_default), "llmos")
     path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700 if private else 0o777, parents=True, exist_ok=True)
     return path
+
+
+ISOLATIONS = ("workers", "inprocess-trusted")
+PRIVATE_UMASK = 0o077  # what a kernel creates is its user's alone
+
+
+def secure_data_dir(path: Path | None = None) -> Path:
+    """Make the data directory 0700 and every file in it 0600 (folders 0700): files written by
+    an earlier version, or by a library that chose its own mode, included."""
+    root = path or data_dir()
+    for folder, dirs, files in os.walk(root):
+        try:
+            os.chmod(folder, 0o700)
+        except OSError:
+            pass
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+                if not os.path.islink(os.path.join(folder, name)) and st.st_mode & 0o077:
+                    os.chmod(os.path.join(folder, name), 0o600)
+            except OSError:
+                pass
+    return root
 
 
 def _env_int(name: str, default: int) -> int:
@@ -72,6 +99,14 @@ class KernelConfig:
     kv_budget_mb: float = 4096.0  # retained KV of all processes together
     kv_eviction: str = "drop"  # drop | compress: what happens to the least recently run KV over budget
     prefix_sharing: bool = True  # new contexts copy a shared prefix's KV instead of computing it
-    max_processes: int = 1024
+    max_processes: int = 1024  # the process table
+    max_children: int = 64  # live children per process
+    max_session_processes: int = 256  # live processes started from one session (a client), all generations
+    # How agent programs run: "workers" (each in its own confined OS process) or, for trusted
+    # code only, "inprocess-trusted" (coroutines in the kernel's process: no isolation at all).
+    isolation: str = field(default_factory=lambda: os.environ.get("LLMOS_ISOLATION") or "workers")
+    prestart_workers: bool = True  # start the worker template at boot, not at the first spawn
+    worker_memory_mb: int = 2048  # a worker's address space unless its quota says less
+    worker_open_files: int = 256
     threads: int = field(default_factory=lambda: int(os.environ.get("LLMOS_THREADS", "0")))
     memory: MemoryConfig = field(default_factory=MemoryConfig)

@@ -11,9 +11,20 @@ Three doors, one kernel:
 
 Bad input never reaches further than its own connection: every frame that cannot be acted on
 is refused with an errno and a reason; a client may have `max_inflight` calls at once and the
-daemon `max_clients` connections; a frame is at most `max_frame` bytes; a client that stops
-reading is dropped after SEND_TIMEOUT. On SIGTERM (or SIGINT) the daemon checkpoints the
-process table and exits; the next start restores it (see kernel/state/journal.py for what that means).
+daemon `max_clients` authenticated sessions; a frame is at most `max_frame` bytes; a client
+that stops reading is dropped after SEND_TIMEOUT.
+
+Authentication: a connection that has not said hello holds no session slot, only one of
+`max_pending` places, for at most `hello_timeout` seconds; when they are all taken, the oldest
+unauthenticated connection is dropped for the newcomer, so a flood of idle connections cannot
+keep a client with the token out. Every failed hello is written to the audit log (with the
+peer's pid and uid, from SO_PEERCRED) and answered only after FAILED_HELLO_DELAY; a peer uid
+with more than AUTH_BURST failures is refused further hellos, unchecked, until its budget
+refills (one attempt per AUTH_REFILL seconds). Agent workers never get here: their sandbox
+cannot open a Unix socket, and a peer that is a worker is refused anyway.
+
+On SIGTERM (or SIGINT) the daemon checkpoints the process table and exits; the next start
+restores it (see kernel/state/journal.py for what that means).
 A daemon that was killed outright (kill -9) leaves its socket and daemon.json behind; the next
 start finds them stale (nobody answers on the socket, the pid is gone), removes them and says so.
 
@@ -23,13 +34,16 @@ syscall table: it is a client of `dispatch`, like the SDK.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import os
 import secrets
 import signal
 import socket as stdsocket
+import struct
 import sys
+import time
 import traceback
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,6 +53,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.proc import KERNEL_PID
 from llmos.abi.wire import (
     MAX_FRAME,
     CallFrame,
@@ -60,7 +75,10 @@ from llmos.servers.telemetry import Telemetry
 from llmos.syscalls.table import dispatch
 
 DEFAULT_HTTP = ("127.0.0.1", 8470)
-HELLO_TIMEOUT = 10.0  # a connection must authenticate this soon
+HELLO_TIMEOUT = 3.0  # a connection must authenticate this soon
+FAILED_HELLO_DELAY = 0.5  # a wrong token is answered this late
+AUTH_BURST = 10  # failed hellos a peer uid may make at once ...
+AUTH_REFILL = 2.0  # ... then one more per this many seconds
 SEND_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
 COMMIT_INTERVAL = 1.0  # token counters and states reach the journal at least this often
 TOKEN_FILE, SOCKET_FILE, JOURNAL_FILE, INFO_FILE = "daemon.token", "daemon.sock", "state.db", "daemon.json"
@@ -76,7 +94,9 @@ class DaemonSettings:
     socket: Path | None = None  # default: home/daemon.sock
     http: tuple[str, int] | None = DEFAULT_HTTP  # port 0 picks a free one; None: no HTTP
     max_frame: int = MAX_FRAME
-    max_clients: int = 256
+    max_clients: int = 256  # authenticated sessions at once
+    max_pending: int = 64  # connections that have not authenticated yet (the oldest is dropped for a newcomer)
+    hello_timeout: float = HELLO_TIMEOUT
     max_inflight: int = 32  # calls in flight per client
     resume: bool = False  # start restored processes again (else they wait, STOPPED, for `cont`)
     persist: bool = True
@@ -112,7 +132,11 @@ class Daemon:
     restored: Restored = field(default_factory=Restored)
     http_port: int | None = None
     refused: int = 0  # frames refused with an error, for operators and tests
-    clients: int = 0
+    clients: int = 0  # authenticated sessions
+    auth_failures: int = 0
+    evicted: int = 0  # unauthenticated connections dropped to make room
+    pending: dict["Client", None] = field(default_factory=dict)  # not yet authenticated, oldest first
+    auth_budget: dict[int, tuple[float, float]] = field(default_factory=dict)  # peer uid -> (attempts left, as of)
     cleared: list[str] = field(default_factory=list)  # stale files a crashed daemon left, removed at start
     telemetry: Telemetry = field(init=False)
 
@@ -149,6 +173,9 @@ class Daemon:
                 if settings.resume:
                     for pid in daemon.restored.stopped:
                         kernel.cont(kernel.procs.get(pid))
+            warm = getattr(kernel.runner, "warm", None)
+            if warm is not None:
+                await warm()  # the worker template is up before the first client asks for an agent
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, daemon._serve_client, [listener])
                 if settings.http is not None:
@@ -191,22 +218,46 @@ class Daemon:
                 "console": f"{base}/" if base else None, "model": self.kernel.backend.name}
         path = self.settings.home / INFO_FILE
         path.write_text(json.dumps(info) + "\n")
+        os.chmod(path, 0o600)
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
         """One connection. Whatever happens in it stays in it."""
         try:
             async with stream:
                 if self.clients >= self.settings.max_clients:
-                    await _send_quietly(stream, error_frame(None, SyscallError(
-                        Errno.EAGAIN, f"the daemon is serving {self.clients} clients, its limit; try later")))
+                    await _send_quietly(stream, self.full())
                     return
-                self.clients += 1
-                try:
-                    await Client(self, stream).serve()
-                finally:
-                    self.clients -= 1
+                await Client(self, stream).serve()
         except Exception:  # a bug of ours, never the daemon's end
             print(f"llmos daemon: client handler failed:\n{traceback.format_exc()}", file=sys.stderr)
+
+    def full(self) -> dict[str, Any]:
+        return error_frame(None, self.full_error())
+
+    def full_error(self) -> SyscallError:
+        return SyscallError(Errno.EAGAIN, f"the daemon is serving {self.clients} clients, its limit; try later")
+
+    def admit_pending(self, client: "Client") -> None:
+        """A new unauthenticated connection takes a place; the oldest gives up its own if none is free."""
+        self.pending[client] = None
+        while len(self.pending) > self.settings.max_pending:
+            oldest = next(iter(self.pending))
+            del self.pending[oldest]
+            oldest.scope.cancel()
+            self.evicted += 1
+
+    def auth_allowed(self, uid: int) -> float:
+        """0 if peer `uid` may try a hello now, else the seconds until it may."""
+        left, since = self.auth_budget.get(uid, (AUTH_BURST, time.monotonic()))
+        now = time.monotonic()
+        left = min(AUTH_BURST, left + (now - since) / AUTH_REFILL)
+        self.auth_budget[uid] = (left, now)
+        return 0.0 if left >= 1 else (1 - left) * AUTH_REFILL
+
+    def auth_failed(self, uid: int) -> None:
+        left, since = self.auth_budget.get(uid, (AUTH_BURST, time.monotonic()))
+        self.auth_budget[uid] = (left - 1, since)
+        self.auth_failures += 1
 
 
 class ClientGone(Exception):
@@ -221,6 +272,8 @@ class Client:
         self.daemon = daemon
         self.kernel = daemon.kernel
         self.stream = stream
+        self.scope = trio.CancelScope()  # cancelled to drop it while unauthenticated
+        self.peer_pid, self.peer_uid = peer_credentials(stream)
         self.reader = LineReader(stream, daemon.settings.max_frame)
         self.send_lock = trio.Lock()
         self.session: Process | None = None
@@ -228,23 +281,30 @@ class Client:
         self.nursery: trio.Nursery
 
     async def serve(self) -> None:
+        self.daemon.admit_pending(self)
         try:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
-                await self._read_frames(nursery)
-                nursery.cancel_scope.cancel()  # the client left: its calls end with it
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    await self._read_frames(nursery)
+                    nursery.cancel_scope.cancel()  # the client left: its calls end with it
         finally:
-            if self.session is not None and self.session.alive:
-                self.kernel.end_session(self.session)
+            self.daemon.pending.pop(self, None)
+            if self.session is not None:
+                self.daemon.clients -= 1
+                if self.session.alive:
+                    self.kernel.end_session(self.session)
 
     async def _read_frames(self, nursery: trio.Nursery) -> None:
-        deadline = trio.current_time() + HELLO_TIMEOUT
+        timeout = self.daemon.settings.hello_timeout
+        deadline = trio.current_time() + timeout
         while True:
             try:
                 with trio.fail_after(max(deadline - trio.current_time(), 0) if self.session is None else float("inf")):
                     line = await self.reader.next()
             except trio.TooSlowError:
-                await self.refuse(None, SyscallError(Errno.ETIMEDOUT, f"no hello within {HELLO_TIMEOUT:.0f} s"))
+                with trio.move_on_after(1):
+                    await self.refuse(None, SyscallError(Errno.ETIMEDOUT, f"no hello within {timeout:g} s"))
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
@@ -288,9 +348,25 @@ class Client:
         if self.session is not None:
             await self.refuse(frame.id, SyscallError(Errno.EINVAL, f"already authenticated as pid {self.session.pid}"))
             return True
+        started = time.perf_counter()
+        peer = {"door": "socket", "name": frame.name, "peer_pid": self.peer_pid, "peer_uid": self.peer_uid}
+        wait = self.daemon.auth_allowed(self.peer_uid)
+        if wait:
+            self.kernel.audit.record(KERNEL_PID, "auth", peer, "EAGAIN", time.perf_counter() - started)
+            await self.refuse(frame.id, SyscallError(Errno.EAGAIN, f"too many failed hellos; try again in {wait:.1f} s"))
+            return False
+        if self.peer_pid > 0 and any(p.os_pid == self.peer_pid for p in self.kernel.procs):
+            self.kernel.audit.record(KERNEL_PID, "auth", peer, "EPERM", time.perf_counter() - started)
+            await self.refuse(frame.id, SyscallError(Errno.EPERM, "an agent worker talks to its kernel over its own channel"))
+            return False
         if not hmac.compare_digest(frame.token.encode(), self.daemon.token.encode()):
-            self.kernel.audit.record(0, "auth", {"door": "socket", "name": frame.name}, "EPERM", 0.0)
+            self.daemon.auth_failed(self.peer_uid)
+            self.kernel.audit.record(KERNEL_PID, "auth", peer, "EPERM", time.perf_counter() - started)
+            await trio.sleep(FAILED_HELLO_DELAY)
             await self.refuse(frame.id, SyscallError(Errno.EPERM, "wrong token"))
+            return False
+        if self.daemon.clients >= self.daemon.settings.max_clients:
+            await self.refuse(frame.id, self.daemon.full_error())
             return False
         caps = Capabilities()
         if frame.root is not None:
@@ -304,6 +380,8 @@ class Client:
         except TableFull as exc:
             await self.refuse(frame.id, SyscallError(Errno.EAGAIN, str(exc)))
             return False
+        self.daemon.pending.pop(self, None)  # a session now: no longer evictable
+        self.daemon.clients += 1
         reply = HelloReply(pid=self.session.pid, name=self.session.name, model=self.kernel.backend.name)
         try:
             await self.send({"id": frame.id, "result": reply.model_dump()})
@@ -345,6 +423,15 @@ class Client:
                     await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
                 raise ClientGone(str(exc)) from None
+
+
+def peer_credentials(stream: trio.SocketStream) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    try:
+        pid, uid, _ = struct.unpack("3i", stream.socket.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, struct.calcsize("3i")))
+        return pid, uid
+    except (OSError, AttributeError):
+        return -1, -1
 
 
 async def _send_quietly(stream: trio.SocketStream, frame: dict[str, Any]) -> None:
@@ -425,6 +512,11 @@ async def run(config: Any, settings: DaemonSettings, announce: Any = print) -> i
         clear_stale(settings)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with boot(config) as kernel:
+            # The model, tokenizer and libraries are ~0.4 M long-lived objects: a full garbage
+            # collection scanning them stalls the loop for ~0.5 s. Collected once and frozen,
+            # they are never scanned again; what the kernel makes from now on still is.
+            gc.collect()
+            gc.freeze()
             async with Daemon.open(kernel, settings) as daemon:
                 r = daemon.restored
                 base = daemon.base_url
@@ -436,6 +528,7 @@ async def run(config: Any, settings: DaemonSettings, announce: Any = print) -> i
                     f"  openai  {f'{base}/v1' if base else 'off'}\n"
                     f"  metrics {f'{base}/metrics' if base else 'off'}\n"
                     f"  token   {settings.home / TOKEN_FILE}\n"
+                    f"  agents  {kernel.runner.describe()}\n"
                     f"  restored {len(r.stopped)} stopped, {len(r.zombies)} exited, {r.reaped} reaped"
                     + (" (resumed)" if settings.resume and r.stopped else "")
                     + (f"\n\n  Open the console in a browser (the link carries the token):\n      {daemon.console_link}\n"

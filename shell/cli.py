@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmos.config import KernelConfig
+from llmos.config import ISOLATIONS, KernelConfig
 from llmos.kernel.memory.pagetable import POLICIES as PAGE_POLICIES
 from llmos.kernel.model.scheduler import POLICIES
 
@@ -20,6 +20,16 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantum", type=int, default=32, help="tokens per time slice before preemption")
     g.add_argument("--kv-budget-mb", type=float, default=4096.0, help="retained KV cache of all processes, MB")
     g.add_argument("--kv-eviction", choices=["drop", "compress"], default="drop", help="what eviction does to a KV cache")
+    p_ = p.add_argument_group("processes")
+    p_.add_argument("--isolation", choices=ISOLATIONS, default=None,
+                    help="how agent programs run: 'workers' (default: each in its own confined OS process) or "
+                         "'inprocess-trusted' (inside the kernel's process, unconfined: trusted code only)")
+    p_.add_argument("--max-processes", type=int, default=1024, help="size of the process table (1024)")
+    p_.add_argument("--max-children", type=int, default=64, help="live children per process (64)")
+    p_.add_argument("--max-session-processes", type=int, default=256,
+                    help="live processes started from one session or client, all generations (256)")
+    p_.add_argument("--worker-memory-mb", type=int, default=2048,
+                    help="address space of an agent worker unless its quota says less (2048)")
     m = p.add_argument_group("memory (defaults from LLMOS_MEM_* and LLMOS_CHROMA_URL)")
     m.add_argument("--mem-page-tokens", type=int, help="tokens per context page (128)")
     m.add_argument("--mem-budget", type=int, help="resident tokens per process memory (2048)")
@@ -35,7 +45,13 @@ def config_from(args: argparse.Namespace) -> KernelConfig:
         quantum=args.quantum,
         kv_budget_mb=args.kv_budget_mb,
         kv_eviction=args.kv_eviction,
+        max_processes=args.max_processes,
+        max_children=args.max_children,
+        max_session_processes=args.max_session_processes,
+        worker_memory_mb=args.worker_memory_mb,
     )
+    if args.isolation:
+        cfg.isolation = args.isolation
     if args.model:
         cfg.model = args.model
     for flag, name in (("mem_page_tokens", "page_tokens"), ("mem_budget", "budget"), ("mem_global_budget", "global_budget"),
@@ -75,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--http", default="127.0.0.1:8470", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:8470)")
     daemon.add_argument("--no-http", action="store_true", help="no HTTP listener")
     daemon.add_argument("--resume", action="store_true", help="start restored processes again at once (default: STOPPED until cont)")
-    daemon.add_argument("--max-clients", type=int, default=256, help="connections at once, per listener")
+    daemon.add_argument("--max-clients", type=int, default=256, help="authenticated clients at once, per listener")
+    daemon.add_argument("--max-pending", type=int, default=64,
+                        help="socket connections not yet authenticated (the oldest is dropped for a newcomer)")
     daemon.add_argument("--max-inflight", type=int, default=32, help="calls in flight per client")
     daemon.add_argument("--max-frame", type=int, default=8 * 2**20, help="largest request frame in bytes")
     daemon.add_argument("--no-persist", action="store_true", help="keep no journal (nothing survives a restart)")
@@ -83,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_args(daemon)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["sched", "syscalls", "memory"], help="which benchmark")
+    bench.add_argument("which", choices=["sched", "syscalls", "memory", "isolation"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -120,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from llmos.benchmarks import syscalls
 
             return syscalls.main(args.rest)
+        if args.which == "isolation":
+            from llmos.benchmarks import isolation
+
+            return isolation.main(args.rest)
         from llmos.benchmarks import sched
 
         return sched.main(args.rest)
@@ -143,6 +165,7 @@ def _daemon(args: argparse.Namespace) -> int:
         http = (host.strip("[]"), int(port))
     settings = DaemonSettings(
         home=data_dir(), socket=args.socket, http=http, max_frame=args.max_frame, max_clients=args.max_clients,
+        max_pending=args.max_pending,
         max_inflight=args.max_inflight, resume=args.resume, persist=not args.no_persist,
         synchronous="FULL" if args.fsync else "NORMAL",
     )

@@ -12,8 +12,9 @@ from rich.markup import escape
 
 from llmos.abi import ProcessExit
 from llmos.abi.errors import SyscallError
+from llmos.abi.program import ProgramError, locate
+from llmos.agents import program
 from llmos.config import KernelConfig
-from llmos.kernel.proc import program
 from llmos.kernel.state.events import Event
 from llmos.runtime import boot, session
 
@@ -133,8 +134,8 @@ async def run_program(config: KernelConfig, spec: str, args: list[str], quiet: b
     console = Console(stderr=quiet)
     err = Console(stderr=True)
     try:
-        program.load(spec)  # fail fast, before the model loads
-    except program.ProgramError as exc:
+        locate(spec)  # fail fast, before the model loads
+    except ProgramError as exc:
         err.print(f"[red]llmos run:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_USAGE
     async with boot(config) as kernel:
@@ -181,7 +182,7 @@ async def run_remote(spec: str, args: list[str], quiet: bool = False, socket: Pa
     err = Console(stderr=True)
     try:
         entry = program.load(spec)
-    except program.ProgramError as exc:
+    except ProgramError as exc:
         err.print(f"[red]llmos run:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_USAGE
     name = Path(spec).stem if spec.endswith(".py") else spec.partition(":")[0].rsplit(".", 1)[-1]

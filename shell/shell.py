@@ -140,6 +140,7 @@ class Shell:
 
     async def kill(self, args: list[str]) -> None:
         (pid,) = _ints(args, 1)
+        self._not_itself(pid, "kill")
         await self.sys.proc.kill(pid)
         self.console.print(f"killed {pid}")
 
@@ -184,8 +185,15 @@ class Shell:
 
     async def stop(self, args: list[str]) -> None:
         (pid,) = _ints(args, 1)
+        self._not_itself(pid, "stop")
         await self.sys.call("proc.signal", pid=pid, signal="stop")
         self.console.print(f"stopped {pid}")
+
+    def _not_itself(self, pid: int, what: str) -> None:
+        """The shell is a session process: killing it would leave every later command failing
+        (ESRCH), stopping it would hang the shell until someone else continues it."""
+        if pid == self.sys.pid:
+            raise UsageError(f"pid {pid} is this shell's own session: it will not {what} itself (use quit to leave)")
 
     async def cont(self, args: list[str]) -> None:
         (pid,) = _ints(args, 1)

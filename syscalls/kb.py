@@ -1,13 +1,17 @@
 """kb.ingest / kb.search / kb.list / kb.drop: the knowledge base (kernel/kb.py) as syscalls.
 
-Files are read through the caller's sandbox root, like fs.read: a folder is walked for text
-and markdown files, and a file (or symlink) that resolves outside the root is skipped. Sources
-are named by their path inside the root, so an answer can cite them.
+Files are read through the caller's sandbox root as fs.read reads them (opened beneath the
+root's descriptor: nothing outside it, however the path changes meanwhile); a folder is walked
+by descriptor for text and markdown files, and a symlink inside it is skipped, never followed.
+Sources are named by their path inside the root, so an answer can cite them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import errno
+import os
+import stat
+from pathlib import Path, PurePosixPath
 
 import trio
 
@@ -20,7 +24,9 @@ from llmos.abi.kb import (
     IngestResult,
     SearchResult,
 )
-from llmos.syscalls.fs import resolve
+from llmos.config import data_dir
+from llmos.kernel.proc import beneath
+from llmos.syscalls.fs import check_private, os_error, relative, root_of
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool
 
@@ -39,9 +45,9 @@ async def ingest(
 ) -> IngestResult:
     if not paths and not texts:
         raise SyscallError(Errno.EINVAL, "kb.ingest: give paths or texts")
-    root = call.kernel.caps[call.proc.pid].fs_root
-    targets = [resolve(call, path) for path in paths]
-    docs, skipped = await trio.to_thread.run_sync(_read_documents, targets, root, abandon_on_cancel=True)
+    root = root_of(call)
+    targets = [(path, relative(call, path)) for path in paths]
+    docs, skipped = await trio.to_thread.run_sync(_read_documents, root, targets, abandon_on_cancel=True)
     docs += [(d.source, d.text) for d in texts]
     kb = call.kernel.kb
     done = await trio.to_thread.run_sync(kb.ingest, collection, docs, abandon_on_cancel=True)
@@ -53,31 +59,58 @@ async def ingest(
     )
 
 
-def _read_documents(targets: list[Path], root: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    files = []
-    for target in targets:
-        if not target.exists():
-            raise SyscallError(Errno.ENOENT, f"no such file or folder: {target.relative_to(root)}")
-        found = (p for p in target.rglob("*") if p.suffix.lower() in DOC_SUFFIXES) if target.is_dir() else [target]
-        for path in found:
-            files.append(path)
-            if len(files) > MAX_FILES:
-                raise SyscallError(Errno.E2BIG, f"kb.ingest: more than {MAX_FILES} files; ingest fewer at a time")
-    docs, skipped = [], []
-    for path in sorted(files):
-        real = path.resolve()
-        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-        if not real.is_relative_to(root) or not real.is_file():
-            skipped.append(f"{name}: outside the root or not a file")
-            continue
-        try:
-            if real.stat().st_size > MAX_FILE_BYTES:
-                skipped.append(f"{name}: larger than {MAX_FILE_BYTES} bytes")
-                continue
-            docs.append((name, real.read_bytes().decode("utf-8", errors="replace")))
-        except OSError as exc:
-            skipped.append(f"{name}: {exc.strerror or exc}")
+def _read_documents(root: Path, targets: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Read the files and folders (walked for documents) `targets` name, each opened beneath the
+    root as fs.read opens a path; inside a folder, a symlink is skipped, never followed."""
+    docs: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    private = data_dir().resolve()
+    with beneath.root_dir(root) as root_fd:
+        for shown, rel in targets:
+            try:
+                fd = beneath.open_beneath(root_fd, rel, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                raise os_error(exc, shown, root) from None
+            try:
+                check_private(fd, shown)
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    for folder, _, names, folder_fd in os.fwalk(".", dir_fd=fd):
+                        if beneath.real_path(folder_fd).is_relative_to(private):
+                            continue
+                        for name in sorted(names):
+                            if PurePosixPath(name).suffix.lower() in DOC_SUFFIXES:
+                                source = (PurePosixPath(rel) / folder / name).as_posix().removeprefix("./")
+                                _read_file(folder_fd, name, source, docs, skipped)
+                                if len(docs) + len(skipped) > MAX_FILES:
+                                    raise SyscallError(Errno.E2BIG, f"kb.ingest: more than {MAX_FILES} files; ingest fewer at a time")
+                else:
+                    _read_file(fd, None, PurePosixPath(rel).as_posix(), docs, skipped)
+            finally:
+                os.close(fd)
+    docs.sort(key=lambda d: d[0])
     return docs, skipped
+
+
+def _read_file(at: int, name: str | None, source: str, docs: list[tuple[str, str]], skipped: list[str]) -> None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=at) if name else os.dup(at)
+    except OSError as exc:
+        skipped.append(f"{source}: " + ("a symlink (not followed)" if exc.errno == errno.ELOOP else exc.strerror or str(exc)))
+        return
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            skipped.append(f"{source}: not a file")
+        elif st.st_size > MAX_FILE_BYTES:
+            skipped.append(f"{source}: larger than {MAX_FILE_BYTES} bytes")
+        else:
+            os.set_blocking(fd, True)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                docs.append((source, f.read(MAX_FILE_BYTES + 1).decode("utf-8", errors="replace")))
+    except OSError as exc:
+        skipped.append(f"{source}: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
 
 
 @tool("kb.search", timeout=60)

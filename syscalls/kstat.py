@@ -34,4 +34,6 @@ async def stat(call: Call, req: Empty) -> KernelStat:
         failed_steps=s.failed_steps,
         journal_failures=k.journal.failures if k.journal is not None else 0,
         journal_error=k.journal.last_error if k.journal is not None else None,
+        isolation=k.runner.isolation,
+        sandbox=k.runner.describe(),
     )

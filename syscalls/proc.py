@@ -25,8 +25,8 @@ from llmos.abi.proc import (
     WaitRequest,
     WaitResponse,
 )
+from llmos.abi.program import ProgramError
 from llmos.kernel.kernel import TableFull
-from llmos.kernel.proc import program
 from llmos.kernel.proc.process import Process
 from llmos.kernel.proc.quota import Quota
 from llmos.syscalls.table import Call, syscall
@@ -46,10 +46,12 @@ async def spawn(call: Call, req: SpawnRequest) -> SpawnResponse:
         raise SyscallError(Errno.EPERM, str(exc)) from None
     try:
         child = call.kernel.spawn(parent, req.program, req.args, req.name, nice, caps)
-    except program.ProgramError as exc:
+    except ProgramError as exc:
         raise SyscallError(Errno.ENOENT if exc.missing else Errno.ENOEXEC, str(exc)) from None
     except TableFull as exc:
         raise SyscallError(Errno.EAGAIN, str(exc)) from None
+    except PermissionError as exc:
+        raise SyscallError(Errno.EPERM, str(exc)) from None
     return SpawnResponse(pid=child.pid)
 
 
@@ -150,6 +152,7 @@ def proc_info(p: Process) -> ProcInfo:
         age=round(end - p.created, 3),
         exit_code=p.exit_code,
         exit_reason=p.exit_reason,
+        os_pid=p.os_pid,
     )
 
 

@@ -26,5 +26,6 @@ async def limits(call: Call) -> Limits:
 
 def _spec(q: Quota) -> QuotaSpec:
     return QuotaSpec(
-        max_tokens=q.max_tokens, max_wall_time=q.max_wall_time, max_syscalls=q.max_syscalls, max_memory_pages=q.max_memory_pages
+        max_tokens=q.max_tokens, max_wall_time=q.max_wall_time, max_syscalls=q.max_syscalls,
+        max_memory_pages=q.max_memory_pages, max_memory_mb=q.max_memory_mb, max_cpu_time=q.max_cpu_time,
     )

@@ -54,6 +54,7 @@ def make_tiny_backend(tokenizer, seed: int = 0) -> Backend:
 async def kernel_with(backend: Backend, **config) -> AsyncIterator:
     from llmos.runtime import boot
 
+    config.setdefault("prestart_workers", False)  # most tests never spawn: no template for them
     async with boot(KernelConfig(**config), backend=backend) as kernel:
         yield kernel
 

@@ -45,7 +45,11 @@ def test_openapi_metrics_and_console_api(tiny_backend):
                     with c.stream("POST", "/api/syscalls/sleep", json={"seconds": 0.01},
                                   headers={"accept": "text/event-stream"}) as r:
                         events = [line for line in r.iter_lines() if line.startswith("event:")]
-                    quota = c.get(f"/api/procs/{pid}/quota").json()
+                    for _ in range(300):  # (its worker starts in the background: wait for its first call)
+                        quota = c.get(f"/api/procs/{pid}/quota").json()
+                        if quota["used"]["syscalls"] >= 1:
+                            break
+                        time.sleep(0.1)
                     with c.stream("GET", "/api/live") as r:
                         live = []
                         for line in r.iter_lines():

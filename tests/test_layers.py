@@ -34,6 +34,7 @@ def test_remote_sdk_imports_without_torch():
     r = run_python(
         "import llmos\n"
         "import llmos.agents.remote, llmos.agents.sdk, llmos.agents.tooluse, llmos.abi\n"
+        "import llmos.agents.worker, llmos.agents.sandbox, llmos.agents.program  # the worker template's imports\n"
         "from llmos import connect\n"
         "import pkgutil, importlib, llmos.agents.examples as ex\n"
         "for m in pkgutil.iter_modules(ex.__path__): importlib.import_module('llmos.agents.examples.' + m.name)\n"

@@ -50,6 +50,10 @@ class Process:
     kill_reason: str = "killed"
     kill_code: int = 137  # the exit code a kill gives: 137 killed, 143 terminated, 152 over quota
     session: bool = False  # stands for an external client (shell, daemon client): no task of its own
+    session_pid: int = 0  # the session it was started from, through any number of generations (0: none)
+    os_pid: int | None = None  # its worker's OS pid while one runs it (for ps; signals go by pidfd)
+    program_folders: tuple[str, ...] = ()  # what its program (and its ancestors') may read: it may spawn from there
+    location: Any = None  # where its program was found at spawn (llmos.abi.program.Location)
     exec_pending: bool = False  # restored after a restart, no task yet: `cont` starts its program anew
     continued: trio.Event = field(default_factory=trio.Event)  # set when a stop ends
     # accounting
@@ -181,6 +185,9 @@ class ProcessTable:
 
     def live_count(self) -> int:
         return sum(1 for p in self.procs.values() if p.alive)
+
+    def live_in_session(self, session_pid: int) -> int:
+        return sum(1 for p in self.procs.values() if p.alive and p.session_pid == session_pid)
 
     def __iter__(self):
         return iter(sorted(self.procs.values(), key=lambda p: p.pid))

@@ -5,6 +5,9 @@
   max_syscalls      syscalls made, failed ones included (a loop of bad calls is still a loop)
   max_memory_pages  context pages resident at once, reported by the memory manager through
                     `Kernel.enforce_quota(proc, pages=...)`
+  max_memory_mb     address space of the process's worker (RLIMIT_AS): past it, allocations fail
+                    (MemoryError) and the program ends with that traceback
+  max_cpu_time      CPU seconds its worker may use (RLIMIT_CPU): past it, SIGXCPU ends it (exit 152)
 
 None means unlimited. A child's limits are never more than what its parent has left when it
 is spawned: a child cannot outlive its parent's deadline or spend tokens its parent no longer
@@ -33,6 +36,8 @@ class Quota:
     max_wall_time: float | None = None
     max_syscalls: int | None = None
     max_memory_pages: int | None = None
+    max_memory_mb: int | None = None
+    max_cpu_time: int | None = None
 
     def within(self, limit: "Quota") -> "Quota":
         """Each limit the tighter of this quota's and `limit`'s."""
@@ -46,6 +51,8 @@ class Quota:
             max_wall_time=_left(self.max_wall_time, now - proc.created),
             max_syscalls=_left(self.max_syscalls, proc.syscalls),
             max_memory_pages=self.max_memory_pages,  # a level in use, not a running total
+            max_memory_mb=self.max_memory_mb,  # a level too
+            max_cpu_time=self.max_cpu_time,  # each process has its own CPU clock
         )
 
     def exceeded(self, proc: Usage, pages: int | None = None, now: float | None = None) -> str | None:

@@ -1,0 +1,65 @@
+"""The symlink race on fs.read / fs.write: `race SECONDS TARGET_DIR`.
+
+In its root: `d/`, a folder holding `passwd` ("safe"), and `s`, a symlink to TARGET_DIR. A
+thread swaps them back and forth (d -> t, s -> d, d -> s, t -> d) while the program reads and
+writes d/passwd through the syscalls. Returns counts: reads and writes that went to the safe
+file, that were refused, and that reached TARGET_DIR (leaks)."""
+
+import os
+import threading
+import time
+
+import trio
+
+from llmos.agents import SyscallError
+
+
+def swap(stop):
+    n = 0
+    while not stop.is_set():
+        try:
+            os.rename("d", "t")
+            os.rename("s", "d")
+            os.rename("d", "s")
+            os.rename("t", "d")
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
+async def main(sys, args):
+    seconds, target = float(args[0]), args[1]
+    os.makedirs("d", exist_ok=True)
+    with open("d/passwd", "w") as f:
+        f.write("safe")
+    if not os.path.lexists("s"):
+        os.symlink(target, "s")
+    stop = threading.Event()
+    counts = {"reads": 0, "safe_reads": 0, "leaked_reads": 0, "writes": 0, "refused": {}, "swaps": 0}
+    swaps = []
+    thread = threading.Thread(target=lambda: swaps.append(swap(stop)))
+    thread.start()
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            try:
+                content = await sys.fs.read("d/passwd")
+                counts["reads"] += 1
+                if content in ("safe", "written"):
+                    counts["safe_reads"] += 1
+                else:
+                    counts["leaked_reads"] += 1
+            except SyscallError as exc:
+                counts["refused"][exc.errno.value] = counts["refused"].get(exc.errno.value, 0) + 1
+            try:
+                await sys.fs.write("d/passwd", "written")
+                counts["writes"] += 1
+            except SyscallError as exc:
+                counts["refused"][exc.errno.value] = counts["refused"].get(exc.errno.value, 0) + 1
+            await trio.lowlevel.checkpoint()
+    finally:
+        stop.set()
+        thread.join()
+    counts["swaps"] = swaps[0] if swaps else 0
+    return counts
