@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from llmos.abi.errors import Errno, SyscallError, killed
-from llmos.abi.llm import ChatChunk, ChatRequest, ChatResponse, Usage
+from llmos.abi.llm import ChatChunk, ChatRequest, ChatResponse, ResponseFormat, Usage
+from llmos.kernel.model.constraint import ConstraintSpec, InvalidConstraint
 from llmos.kernel.model.engine import ContextTooLong
 from llmos.kernel.model.sampling import SamplingParams
 from llmos.kernel.proc.quota import tokens_used
@@ -16,14 +17,15 @@ from llmos.syscalls.table import Call, syscall
 @syscall("llm.chat")
 async def chat(call: Call, req: ChatRequest) -> ChatResponse:
     kernel, proc = call.kernel, call.proc
+    started = time.monotonic()
+    constraint = await _constraint(call, req.response_format)  # awaits: before the busy check and submit
     if proc.wchan == "llm":
         raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
-    started = time.monotonic()
     params = SamplingParams(
         req.temperature, req.top_p, req.max_tokens, [s for s in req.stop if s], req.seed, req.ignore_eos
     )
     try:
-        seq = kernel.engine.submit_chat(proc, [m.model_dump() for m in req.messages], params)
+        seq = kernel.engine.submit_chat(proc, [m.model_dump() for m in req.messages], params, constraint)
     except ContextTooLong as exc:
         raise SyscallError(Errno.E2BIG, str(exc)) from None
     quota = kernel.caps[proc.pid].quota
@@ -58,3 +60,17 @@ async def chat(call: Call, req: ChatRequest) -> ChatResponse:
         ),
         ttft=round((seq.first_token_at or time.monotonic()) - started, 4),
     )
+
+
+async def _constraint(call: Call, fmt: ResponseFormat | None) -> object | None:
+    """The compiled constraint for a response_format (None for none or "text"); EINVAL saying
+    what is wrong with an invalid or unsupported schema, regex or grammar."""
+    if fmt is None or fmt.type == "text":
+        return None
+    spec = {"json_schema": fmt.json_schema, "regex": fmt.pattern, "grammar": fmt.grammar}.get(fmt.type)
+    try:
+        return await call.kernel.engine.constrain(ConstraintSpec(fmt.type, spec))
+    except InvalidConstraint as exc:
+        raise SyscallError(
+            Errno.EINVAL, f"response_format: {exc}", [{"field": "response_format", "error": str(exc)}]
+        ) from None
