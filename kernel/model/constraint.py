@@ -29,6 +29,7 @@ Kind = Literal["json_schema", "json_object", "regex", "grammar"]
 KINDS: tuple[str, ...] = ("json_schema", "json_object", "regex", "grammar")
 MAX_SPEC_CHARS = 100_000
 CACHE_SIZE = 64  # compiled constraints kept, most recently used first
+MAX_TOKEN_BYTES = 48  # longer than any token of a BPE vocabulary we serve
 
 # One fixed layout for generated JSON: ", " and ": " and no other whitespace. A small model given
 # free whitespace can emit newlines until max_tokens; this layout is also json.dumps's own.
@@ -140,6 +141,7 @@ class Grammars:
         self.vocab_size = vocab_size
         self.eos_ids = sorted(eos_ids)
         self._lltok: Any = None
+        self._token_of: dict[bytes, int] = {}  # a token's bytes -> its id
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, Any] = OrderedDict()  # spec key -> a fresh matcher to copy
 
@@ -148,7 +150,12 @@ class Grammars:
             if self._lltok is None:
                 import llguidance.hf
 
-                self._lltok = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_ids)
+                lltok = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_ids)
+                for token in range(self.vocab_size):
+                    text = lltok.decode_bytes([token])
+                    if text and not lltok.is_special_token(token):
+                        self._token_of.setdefault(text, token)
+                self._lltok = lltok
             return self._lltok
 
     def compile(self, spec: ConstraintSpec) -> "Constraint":
@@ -174,16 +181,17 @@ class Grammars:
                 self._cache[key] = template
                 while len(self._cache) > CACHE_SIZE:
                     self._cache.popitem(last=False)
-        return Constraint(spec, template.deep_copy(), self.vocab_size)
+        return Constraint(spec, template.deep_copy(), self.vocab_size, self._token_of)
 
 
 class Constraint:
     """One sequence's position in its grammar."""
 
-    def __init__(self, spec: ConstraintSpec, matcher: Any, vocab_size: int) -> None:
+    def __init__(self, spec: ConstraintSpec, matcher: Any, vocab_size: int, token_of: dict[bytes, int] | None = None) -> None:
         self.spec = spec
         self.matcher = matcher
         self.vocab_size = vocab_size
+        self.token_of = token_of or {}
 
     @property
     def words(self) -> int:
@@ -194,6 +202,22 @@ class Constraint:
         """Write the allowed next tokens into `row` (int32, `words` long, contiguous): bit i of
         the mask is token i."""
         self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * 4)
+        forced = self.matcher.compute_ff_bytes()
+        if len(forced) > 1:
+            self._split_forced(row, forced)
+
+    def _split_forced(self, row: torch.Tensor, forced: bytes) -> None:
+        """When the grammar forces the next bytes, forbid the tokens that would split them
+        where the tokenizer never would: a token that is a shorter prefix of the forced bytes
+        than the longest token that is one. The model's text then looks like text it was
+        trained on. Without this, SmolLM2 after `"expression":` (forced: ` "`) often picks
+        the lone space token, its next choice is then squeezed into a bare quote, and it loses
+        its way inside the string."""
+        prefixes = [t for n in range(1, min(len(forced), MAX_TOKEN_BYTES) + 1) if (t := self.token_of.get(forced[:n])) is not None]
+        for token in prefixes[:-1]:
+            word, bit = divmod(token, 32)
+            value = int(row[word]) & ~(1 << bit) & 0xFFFFFFFF
+            row[word] = value - (1 << 32) if value >= 1 << 31 else value
 
     def advance(self, token: int) -> bool:
         """Consume a sampled token; False if the grammar does not allow it (then the matcher

@@ -36,6 +36,8 @@ class EngineStats:
     failed_steps: int = 0  # forward passes that raised; their requests failed with EIO
     mask_time: float = 0.0  # seconds computing, applying and advancing constraints (in busy_time)
     masked_rows: int = 0  # next tokens chosen under a constraint
+    masked_steps: int = 0  # steps that chose at least one token under a constraint
+    masked_step_time: float = 0.0  # seconds of those steps (masking's share: mask_time / this)
     batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
 
     def note_batch(self, n: int) -> None:
@@ -200,6 +202,9 @@ class Engine:
         self.stats.steps += 1
         self.stats.busy_time += elapsed
         self.stats.note_batch(len(plan))
+        if any(s.want_logits and s.seq.constraint is not None for s in plan):
+            self.stats.masked_steps += 1
+            self.stats.masked_step_time += elapsed
         for s, item, token in zip(plan, items, tokens):
             seq, proc = s.seq, s.seq.owner
             if seq.cancelled:
