@@ -68,7 +68,7 @@ async def run_agents(backend: Backend, n: int, opts: argparse.Namespace) -> dict
         max_batch=opts.max_batch, quantum=opts.quantum, policy=opts.policy, prefill_first=opts.prefill_first
     )
     async with boot(config, backend) as kernel:
-        kernel.engine.recorded = []
+        recorded = kernel.record_llm_calls()
         sh = session(kernel, "bench")
         started = time.perf_counter()
         pids = {}
@@ -84,7 +84,7 @@ async def run_agents(backend: Backend, n: int, opts: argparse.Namespace) -> dict
                 raise RuntimeError(f"bench agent {status.pid} failed: {status.reason}")
             results[status.pid] = status.result
         elapsed = time.perf_counter() - started
-        calls = list(kernel.engine.recorded)
+        calls = list(recorded)
     tokens = sum(r["tokens"] for r in results.values())
     rates = [r["tokens"] / (r["seconds"] - pids[pid] * (opts.rounds - 1)) for pid, r in results.items()]
     ttfts = [t for r in results.values() for t in r["ttfts"]]

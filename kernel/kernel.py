@@ -11,31 +11,28 @@ import json
 import time
 import traceback
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Hashable
 
 import trio
 
-from llmos.abi.proc import (
-    EXIT_ERROR,
-    EXIT_KILLED,
-    EXIT_QUOTA,
-    EXIT_TERMINATED,
-    KERNEL_PID,
-    ProcessExit,
-)
+from llmos.abi.errors import Errno, SyscallError, killed
+from llmos.abi.proc import EXIT_ERROR, EXIT_KILLED, EXIT_QUOTA, EXIT_TERMINATED, KERNEL_PID, ProcessExit
 from llmos.config import KernelConfig
+from llmos.kernel.kb import KnowledgeBase
+from llmos.kernel.lazymodel import LazyBackend, ModelLoadError
+from llmos.kernel.mcp import MountTable
 from llmos.kernel.memory.embeddings import Embedder
 from llmos.kernel.memory.manager import Memory
 from llmos.kernel.model.backend import Backend
-from llmos.kernel.model.engine import Engine
-from llmos.kernel.model.kvcache import KVPool
-from llmos.kernel.model.remote import RemoteModel, is_remote
-from llmos.kernel.model.scheduler import Scheduler
+from llmos.kernel.model.engine import ContextTooLong, Engine, Request
+from llmos.kernel.model.loader import open_engine
+from llmos.kernel.model.remote import is_remote
+from llmos.kernel.model.sampling import SamplingParams
 from llmos.kernel.proc import program
 from llmos.kernel.proc.capabilities import Capabilities
-from llmos.kernel.proc.ipc import Mailboxes
+from llmos.kernel.proc.ipc import Mailboxes, Message
 from llmos.kernel.proc.process import Process, ProcessTable, ProcState
-from llmos.kernel.proc.quota import wall_time_reason
+from llmos.kernel.proc.quota import tokens_used, wall_time_reason
 from llmos.kernel.state.audit import AuditLog
 from llmos.kernel.state.events import Event, EventBus
 
@@ -52,32 +49,29 @@ class TableFull(RuntimeError):
     pass
 
 
+class SenderGone(LookupError):
+    """The process a receiver waits for has exited and left no matching message."""
+
+
 class Kernel:
-    def __init__(self, config: KernelConfig, backend: Backend | RemoteModel, handle_factory: HandleFactory) -> None:
+    def __init__(self, config: KernelConfig, engine: Engine, handle_factory: HandleFactory) -> None:
         self.config = config
-        self.backend = backend
-        self.scheduler = Scheduler(
-            config.policy, config.max_batch, config.quantum, config.prefill_chunk, config.prefill_first
-        )
-        if isinstance(backend, RemoteModel):  # an OpenAI-protocol server: kernel/model/remote.py
-            self.engine = backend.new_engine(self.scheduler)
-        else:
-            pool = KVPool(backend.shape, int(config.kv_budget_mb * 2**20), config.kv_eviction)
-            self.engine = Engine(backend, self.scheduler, pool, config.prefix_sharing)
+        self.engine = engine
+        self.backend = engine.model  # the model: its name, tokenizer, context length
+        self.scheduler = engine.scheduler
         self.procs = ProcessTable(config.max_processes)
         self.events = EventBus()
         self.embedder = Embedder()  # loaded on first use (memory, knowledge base)
-        self.memory = Memory(backend.encode, backend.decode, self.embedder, config.memory)  # opens its store on first use
+        self.memory = Memory(self.backend.encode, self.backend.decode, self.embedder, config.memory)  # opens its store on first use
         self.handle_factory = handle_factory
         self.caps: dict[int, Capabilities] = {}
         self.audit = AuditLog()  # every syscall, one JSON line
         self.mailboxes = Mailboxes()  # ipc.send / ipc.recv
-        self.mounted: dict[str, Any] = {}  # syscalls added at run time (MCP tools): name -> Syscall
-        self.mounts: dict[str, Any] = {}  # MCP servers mounted: prefix -> Mount (syscalls/mcp.py)
-        self.kb: Any = None  # the knowledge base (kernel/kb.py), opened on first use
+        self.mounts = MountTable()  # MCP servers whose tools are served as syscalls (kernel/mcp.py)
+        self._kb: KnowledgeBase | None = None
         self._nursery: trio.Nursery | None = None
         self.started = time.time()
-        self._exits = trio.Event()  # set (and replaced) whenever a process exits
+        self._wait_channels: dict[Hashable, trio.lowlevel.ParkingLot] = {}  # key -> processes blocked on it
         self.journal: Journal | None = None  # kernel/state/journal.py, when the daemon keeps state on disk
 
     @classmethod
@@ -89,14 +83,12 @@ class Kernel:
         handle_factory: HandleFactory,
     ) -> AsyncIterator["Kernel"]:
         config = config or KernelConfig()
-        if backend is None and is_remote(config.model):
-            backend = await RemoteModel.open(config.model)
-        elif backend is None:
-            backend = await trio.to_thread.run_sync(Backend.load, config.model, config.dtype, config.threads)
-        kernel = cls(config, backend, handle_factory)
+        if backend is None and not is_remote(config.model):  # the weights load on the first LLM call
+            backend = await trio.to_thread.run_sync(LazyBackend.open, config.model, config.dtype, config.threads)
+        kernel = cls(config, await open_engine(config, backend), handle_factory)
         async with trio.open_nursery() as nursery:
             kernel._nursery = nursery
-            nursery.start_soon(kernel.engine.run)
+            nursery.start_soon(kernel._run_engine)
             try:
                 yield kernel
             finally:
@@ -104,13 +96,40 @@ class Kernel:
                     await kernel.memory.close()
                 nursery.cancel_scope.cancel()
 
+    @property
+    def kb(self) -> KnowledgeBase:
+        """The knowledge base (kernel/kb.py), opened on first use; it shares the kernel's embedder."""
+        if self._kb is None:
+            self._kb = KnowledgeBase(self.embedder)
+        return self._kb
+
+    @kb.setter
+    def kb(self, kb: KnowledgeBase) -> None:  # (tests and benchmarks point it at a scratch store)
+        self._kb = kb
+
+    async def _run_engine(self) -> None:
+        """The engine's loop. A model not loaded yet (kernel/lazymodel.py) loads when the first
+        request arrives, the requests queueing meanwhile; watchers see it as kernel events."""
+        model = self.backend
+        if isinstance(model, LazyBackend) and not model.loaded:
+            await self.engine.requested()
+            self.events.publish(Event(KERNEL_PID, "kernel", f"loading the model {model.name} (first LLM call)…"))
+            try:
+                await trio.to_thread.run_sync(model.load)
+            except ModelLoadError as exc:  # the step that needs it fails its requests with EIO
+                self.events.publish(Event(KERNEL_PID, "kernel", str(exc)))
+            else:
+                self.events.publish(Event(KERNEL_PID, "kernel", f"model {model.name} loaded in {model.load_seconds:.1f} s"))
+        await self.engine.run()
+
     # -- processes -----------------------------------------------------------------------
 
     def session(self, name: str, caps: Capabilities | None = None) -> Process:
         """A process entry for an external client (the shell, `llmos run`, a daemon client):
         it has no task of its own; its code runs outside and calls in."""
-        proc = self._new_process(KERNEL_PID, name, f"<{name}>", [], 0, caps or Capabilities(), ProcState.RUNNING)
+        proc = self._new_process(KERNEL_PID, name, f"<{name}>", [], 0, caps or Capabilities())
         proc.session = True
+        proc.set_running()
         return proc
 
     def spawn(
@@ -136,13 +155,10 @@ class Kernel:
         self._nursery.start_soon(self._run, proc, entry, name=f"pid {proc.pid}")
         return proc
 
-    def _new_process(
-        self, ppid: int, name: str, spec: str, args: list[str], nice: int, caps: Capabilities, state=ProcState.READY
-    ) -> Process:
+    def _new_process(self, ppid: int, name: str, spec: str, args: list[str], nice: int, caps: Capabilities) -> Process:
         if self.procs.live_count() >= self.config.max_processes:
             raise TableFull(f"process table is full ({self.config.max_processes} live processes)")
         proc = Process(pid=self.procs.allocate_pid(), ppid=ppid, name=name, program=spec, args=args, nice=nice)
-        proc.state = state
         self.procs.add(proc)
         self.caps[proc.pid] = caps
         self.events.publish(Event(proc.pid, "spawn", f"{name} ({spec}) {' '.join(args)}".strip()))
@@ -151,34 +167,36 @@ class Kernel:
     async def _run(self, proc: Process, entry: program.Entry) -> None:
         handle = self.handle_factory(self, proc)
         with proc.cancel_scope:
-            proc.state = ProcState.RUNNING
+            proc.set_running()
             try:
                 result = await entry(handle, proc.args)
             except ProcessExit as exc:
-                self._exit(proc, exc.code, "exited", exc.result)
+                self.exit(proc, exc.code, "exited", exc.result)
             except trio.Cancelled:
                 raise
             except BaseException as exc:  # the agent's bug, never the kernel's
                 if proc.killed:
                     pass  # killed from within a syscall (a quota): it dies of that, below
                 elif isinstance(exc, SystemExit):
-                    self._exit(proc, exc.code if isinstance(exc.code, int) else EXIT_ERROR, "exited")
+                    self.exit(proc, exc.code if isinstance(exc.code, int) else EXIT_ERROR, "exited")
                 else:
-                    self._exit(proc, EXIT_ERROR, "".join(traceback.format_exception(exc)).rstrip())
+                    self.exit(proc, EXIT_ERROR, "".join(traceback.format_exception(exc)).rstrip())
             else:
                 if not proc.killed:
-                    self._exit(proc, 0, "exited", result)
+                    self.exit(proc, 0, "exited", result)
         if proc.alive:  # our cancel scope absorbed a kill, or its wall-time deadline passed
             if not proc.killed:
                 proc.killed = True
                 proc.kill_code, proc.kill_reason = EXIT_QUOTA, wall_time_reason(self.caps[proc.pid].quota.max_wall_time)
-            self._exit(proc, proc.kill_code, proc.kill_reason)
+            self.exit(proc, proc.kill_code, proc.kill_reason)
 
-    def _exit(self, proc: Process, code: int, reason: str, result: Any = None) -> None:
+    def exit(self, proc: Process, code: int, reason: str, result: Any = None) -> None:
+        """The process is done: it becomes a ZOMBIE holding its status and result until its
+        parent reaps it; its children are adopted by the kernel; its resources are freed."""
         if not proc.alive:
             return
         proc.exit_code, proc.exit_reason, proc.result = code, reason, _jsonable(result)
-        proc.state, proc.wchan = ProcState.ZOMBIE, ""
+        proc.set_zombie()
         proc.ended = time.time()
         proc.kv = None  # frees its KV cache
         self._release_memory(proc)
@@ -188,8 +206,10 @@ class Kernel:
                 self.procs.remove(child.pid)
         self.mailboxes.close(proc.pid)
         proc.exited.set()
-        self._exits.set()
-        self._exits = trio.Event()
+        self.wakeup(("proc.wait", proc.ppid))  # a parent waiting for a child
+        self.wakeup(("proc.wait", KERNEL_PID))
+        for key in [k for k in self._wait_channels if k[0] == "ipc.recv"]:
+            self.wakeup(key)  # a receiver may be waiting for a message from this very process
         first_line = reason.splitlines()[-1] if reason else ""
         self.events.publish(Event(proc.pid, "exit", f"exit {code}: {first_line}"))
         if proc.session:
@@ -216,7 +236,7 @@ class Kernel:
             self._nursery.start_soon(cleanup, name=f"memory cleanup of pid {proc.pid}")
 
     def end_session(self, proc: Process) -> None:
-        self._exit(proc, 0, "exited")
+        self.exit(proc, 0, "exited")
 
     def kill(self, proc: Process, terminate: bool = False, reason: str | None = None, code: int | None = None) -> None:
         """Cancel the process's task: its `finally` blocks run, its syscalls end, it exits
@@ -230,7 +250,7 @@ class Kernel:
             self.cont(proc)  # a stopped process must run to die
         self.events.publish(Event(proc.pid, "signal", proc.kill_reason))
         if proc.session or proc.exec_pending:  # no task of its own to cancel
-            self._exit(proc, proc.kill_code, proc.kill_reason)
+            self.exit(proc, proc.kill_code, proc.kill_reason)
         else:
             proc.cancel_scope.cancel()
 
@@ -243,6 +263,54 @@ class Kernel:
             self.kill(proc, reason=reason, code=EXIT_QUOTA)
         return reason is None
 
+    async def chat(
+        self,
+        proc: Process,
+        messages: list[dict[str, str]],
+        params: SamplingParams,
+        on_text: Callable[[str], Awaitable[None]] | None = None,
+        constraint: Any = None,
+    ) -> Request:
+        """A completion for `proc` from the shared model, scheduled with everyone else's; its
+        text goes to `on_text` as it is generated, held to `constraint` (engine.constrain's). The token quota is enforced on every token:
+        at most one token past the limit is generated (the one that kills), and a prompt alone
+        over it is never generated. Errors: EBUSY (a chat already in progress), E2BIG (longer
+        than the context), EKILLED (over quota, or killed meanwhile), EIO (the model failed)."""
+        if proc.wchan == "llm":
+            raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
+        try:
+            request = self.engine.submit_chat(proc, messages, params, constraint)
+        except ContextTooLong as exc:
+            raise SyscallError(Errno.E2BIG, str(exc)) from None
+        try:
+            quota = self.caps[proc.pid].quota
+            if quota.max_tokens is not None:
+                # Nothing has run yet (the engine steps only when this task yields): cap the
+                # request so the token that crosses the limit is the last one.
+                left = quota.max_tokens - tokens_used(proc) + 1
+                request.params.max_tokens = min(request.params.max_tokens, max(1, left))
+            if not self.enforce_quota(proc):  # the prompt alone went over
+                raise killed(proc.pid, proc.kill_reason)
+            async for delta in self.engine.output(request):
+                if not self.enforce_quota(proc):  # max_tokens: stop generating at once
+                    raise killed(proc.pid, proc.kill_reason)
+                self.events.publish(Event(proc.pid, "text", delta))
+                if on_text is not None:
+                    await on_text(delta)
+        finally:
+            self.engine.release(request)
+        if request.error is not None:
+            raise SyscallError(Errno.EIO, f"the model failed on this request: {request.error}")
+        self.events.publish(Event(proc.pid, "text", "\n"))
+        proc.write_log("llm", f"[{request.completion_tokens} tokens, {request.finish_reason}] {request.text}")
+        return request
+
+    def record_llm_calls(self) -> list[tuple[Any, SamplingParams]]:
+        """From now on, every LLM request (its prompt and sampling parameters) is kept in the
+        list returned: what the demo replays through a plain `generate` to compare."""
+        self.engine.recorded = []
+        return self.engine.recorded
+
     async def start_service(self, async_fn: Callable[..., Any], *args: Any, name: str) -> Any:
         """Run a kernel service task (an MCP server connection) in the kernel's nursery: it
         outlives the syscall that started it and ends with the kernel. `async_fn` must accept
@@ -252,21 +320,16 @@ class Kernel:
 
     def stop(self, proc: Process) -> None:
         """SIGSTOP: the process makes no progress (no syscall returns, no tokens) until `cont`.
-        Its KV cache and batch bookkeeping are kept, so it resumes without prefilling."""
-        if not proc.alive or proc.stopped:
+        Its KV cache and batch bookkeeping are kept, so it resumes without prefilling. What it
+        was doing goes on underneath (a sleep runs out, a wait ends) but it returns only once
+        continued."""
+        if not proc.set_stopped():
             return
-        proc.stopped = True
-        proc.continued = trio.Event()
-        proc.state_before_stop = proc.state
-        proc.state = ProcState.STOPPED
         self.events.publish(Event(proc.pid, "signal", "stopped"))
 
     def cont(self, proc: Process) -> None:
-        if not proc.alive or not proc.stopped:
+        if not proc.set_continued():
             return
-        proc.stopped = False
-        proc.state = proc.state_before_stop
-        proc.continued.set()
         self.engine.wake()
         self.events.publish(Event(proc.pid, "signal", "continued"))
         if proc.exec_pending:
@@ -279,7 +342,7 @@ class Kernel:
         try:
             entry = program.load(proc.program)
         except program.ProgramError as exc:
-            self._exit(proc, EXIT_ERROR, f"cannot restart: {exc}")
+            self.exit(proc, EXIT_ERROR, f"cannot restart: {exc}")
             return
         limit = self.caps[proc.pid].quota.max_wall_time
         if limit is not None:  # wall time counts from the original spawn: it is the same process
@@ -288,7 +351,8 @@ class Kernel:
         self._nursery.start_soon(self._run, proc, entry, name=f"pid {proc.pid}")
 
     async def wait(self, parent: Process, pid: int | None) -> Process | None:
-        """Wait for a child (a given one, or any) to exit and reap it. None if there is no such child."""
+        """Wait for a child (a given one, or any) to exit and reap it. None if there is no such
+        child. The parent is BLOCKED on "proc.wait" meanwhile."""
         while True:
             children = [c for c in self.procs.children(parent.pid) if pid is None or c.pid == pid]
             if not children:
@@ -297,7 +361,73 @@ class Kernel:
                 if not child.alive:
                     self.procs.remove(child.pid)
                     return child
-            await self._exits.wait()
+            await self.block(parent, "proc.wait", ("proc.wait", parent.pid))
+
+    # -- sleep and wakeup: how a process waits (xv6's sleep/wakeup) ---------------------------
+
+    async def block(self, proc: Process, wchan: str, key: Hashable) -> None:
+        """Park `proc` on the wait channel `key` until `wakeup(key)`; it is BLOCKED on `wchan`
+        meanwhile. A wakeup says something changed, not what: callers look again and block
+        again if need be. Nothing polls a blocked process."""
+        lot = self._wait_channels.get(key)
+        if lot is None:
+            lot = self._wait_channels[key] = trio.lowlevel.ParkingLot()
+        proc.set_waiting(ProcState.BLOCKED, wchan)
+        try:
+            await lot.park()
+        finally:
+            if self._wait_channels.get(key) is lot and not lot:
+                del self._wait_channels[key]
+            proc.set_running()
+
+    def wakeup(self, key: Hashable) -> None:
+        lot = self._wait_channels.pop(key, None)
+        if lot is not None:
+            lot.unpark_all()
+
+    async def sleep(self, proc: Process, seconds: float) -> None:
+        """SLEEPING for `seconds`; its KV cache stays retained."""
+        proc.set_waiting(ProcState.SLEEPING, "sleep")
+        try:
+            await trio.sleep(seconds)
+        finally:
+            proc.set_running()
+
+    async def held(self, proc: Process) -> None:
+        """Return once `proc` is not stopped: where a syscall enters and leaves the kernel, as
+        signals are delivered on the way back to user space."""
+        while proc.stopped:
+            await proc.continued.wait()
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def send(self, message: Message) -> int:
+        """Put a message in its receiver's mailbox (MailboxFull if it has no room); the number
+        now waiting there."""
+        self.mailboxes.send(message)
+        self.wakeup(("ipc.recv", message.to))
+        return self.mailboxes.pending(message.to)
+
+    async def receive(self, proc: Process, sender: int | None, tag: str | None) -> Message:
+        """The oldest message for `proc` from `sender` with `tag` (None: any), waiting for one
+        (BLOCKED on "ipc.recv"). Raises SenderGone when the awaited sender has exited and left
+        no such message. Returns only once `proc` is not stopped; a message taken by a call
+        cancelled meanwhile goes back to the head of the mailbox."""
+        while (message := self.mailboxes.take(proc.pid, sender, tag)) is None:
+            if sender is not None and not self._alive(sender):
+                raise SenderGone(sender)
+            await self.block(proc, "ipc.recv", ("ipc.recv", proc.pid))
+        try:
+            await self.held(proc)
+        except BaseException:
+            self.mailboxes.put_back(message)
+            self.wakeup(("ipc.recv", proc.pid))
+            raise
+        return message
+
+    def _alive(self, pid: int) -> bool:
+        p = self.procs.get(pid)
+        return p is not None and p.alive
 
 
 def _program_name(spec: str) -> str:

@@ -5,7 +5,8 @@ Three doors, one kernel:
     hello with the daemon's token and becomes a session process; its frames are syscalls made
     by that process, through the same `dispatch` an in-process agent uses (agents/remote.py
     is the client; `llmos.connect()` gives an agent program its usual `Sys` handle over it)
-  - an HTTP listener on localhost with an OpenAI-compatible API (servers/openai_api.py)
+  - an HTTP listener on localhost (servers/http.py): the OpenAI-compatible API, /metrics for
+    Prometheus and the web console, on FastAPI served by hypercorn in this trio loop
   - the journal (kernel/state/journal.py): state restored at start, committed as it changes
 
 Bad input never reaches further than its own connection: every frame that cannot be acted on
@@ -13,6 +14,8 @@ is refused with an errno and a reason; a client may have `max_inflight` calls at
 daemon `max_clients` connections; a frame is at most `max_frame` bytes; a client that stops
 reading is dropped after SEND_TIMEOUT. On SIGTERM (or SIGINT) the daemon checkpoints the
 process table and exits; the next start restores it (see kernel/state/journal.py for what that means).
+A daemon that was killed outright (kill -9) leaves its socket and daemon.json behind; the next
+start finds them stale (nobody answers on the socket, the pid is gone), removes them and says so.
 
 The daemon is the kernel's front door, so unlike the rest of kernel/ it reaches up into the
 syscall table: it is a client of `dispatch`, like the SDK.
@@ -53,6 +56,7 @@ from llmos.kernel.kernel import Kernel, TableFull
 from llmos.kernel.proc.capabilities import Capabilities
 from llmos.kernel.proc.process import Process
 from llmos.kernel.state.journal import Journal, Restored
+from llmos.servers.telemetry import Telemetry
 from llmos.syscalls.table import dispatch
 
 DEFAULT_HTTP = ("127.0.0.1", 8470)
@@ -109,6 +113,24 @@ class Daemon:
     http_port: int | None = None
     refused: int = 0  # frames refused with an error, for operators and tests
     clients: int = 0
+    cleared: list[str] = field(default_factory=list)  # stale files a crashed daemon left, removed at start
+    telemetry: Telemetry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.telemetry = Telemetry(self.kernel)
+
+    @property
+    def base_url(self) -> str | None:
+        if self.settings.http is None or self.http_port is None:
+            return None
+        host = self.settings.http[0]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def console_link(self) -> str | None:
+        """The console's address with the token, to open once (the page then forgets the URL's token)."""
+        return f"{self.base_url}/?token={self.token}" if self.base_url else None
 
     @classmethod
     @asynccontextmanager
@@ -116,7 +138,8 @@ class Daemon:
         """Restore the journal, open the socket (and HTTP), serve until the block exits; then
         checkpoint and close. The kernel must be freshly booted."""
         daemon = cls(kernel, settings, load_token(settings.home))
-        listener = _unix_listener(settings.socket_path)  # first: fails if a daemon already runs here
+        daemon.cleared = clear_stale(settings)  # first: fails if a daemon already runs here
+        listener = _unix_listener(settings.socket_path)
         try:
             if settings.persist:
                 daemon.journal = Journal(settings.home / JOURNAL_FILE, settings.synchronous)
@@ -129,10 +152,12 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, daemon._serve_client, [listener])
                 if settings.http is not None:
-                    from llmos.servers.openai_api import serve_http
+                    from llmos.servers.http import serve_http
 
+                    nursery.start_soon(daemon.telemetry.run)
                     host, port = settings.http
-                    daemon.http_port = await nursery.start(serve_http, kernel, daemon.token, host, port, settings.max_clients)
+                    daemon.http_port = await nursery.start(
+                        serve_http, kernel, daemon.token, host, port, settings.max_clients, daemon.telemetry)
                 nursery.start_soon(daemon._commit_loop)
                 daemon._write_info()
                 try:
@@ -161,8 +186,9 @@ class Daemon:
             self.kernel.commit()
 
     def _write_info(self) -> None:
-        http = f"http://{self.settings.http[0]}:{self.http_port}/v1" if self.settings.http else None
-        info = {"pid": os.getpid(), "socket": str(self.settings.socket_path), "http": http, "model": self.kernel.backend.name}
+        base = self.base_url
+        info = {"pid": os.getpid(), "socket": str(self.settings.socket_path), "http": f"{base}/v1" if base else None,
+                "console": f"{base}/" if base else None, "model": self.kernel.backend.name}
         path = self.settings.home / INFO_FILE
         path.write_text(json.dumps(info) + "\n")
 
@@ -263,6 +289,7 @@ class Client:
             await self.refuse(frame.id, SyscallError(Errno.EINVAL, f"already authenticated as pid {self.session.pid}"))
             return True
         if not hmac.compare_digest(frame.token.encode(), self.daemon.token.encode()):
+            self.kernel.audit.record(0, "auth", {"door": "socket", "name": frame.name}, "EPERM", 0.0)
             await self.refuse(frame.id, SyscallError(Errno.EPERM, "wrong token"))
             return False
         caps = Capabilities()
@@ -328,19 +355,57 @@ async def _send_quietly(stream: trio.SocketStream, frame: dict[str, Any]) -> Non
             pass
 
 
+def listening(path: Path) -> bool:
+    """Whether a daemon answers on the socket at `path`."""
+    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def read_info(home: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((home / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def clear_stale(settings: DaemonSettings) -> list[str]:
+    """Remove the socket and daemon.json of a daemon that is gone (killed outright, so it never
+    cleaned up); raise DaemonError if one is still serving here. Returns what was removed."""
+    path = settings.socket_path
+    info = read_info(settings.home)
+    if listening(path):
+        who = f" (pid {info['pid']})" if info and "pid" in info else ""
+        raise DaemonError(f"another llmos daemon{who} is listening on {path}")
+    cleared = []
+    if path.exists() or path.is_symlink():
+        path.unlink()
+        cleared.append(str(path))
+    info_path = settings.home / INFO_FILE
+    if info_path.exists():
+        info_path.unlink()
+        pid = info.get("pid") if info else None
+        cleared.append(f"{info_path}" + (f" (pid {pid}, not running)" if pid and not _alive(pid) else ""))
+    return cleared
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
 def _unix_listener(path: Path) -> trio.SocketListener:
     """A listening Unix socket only its owner can connect to (mode 0600)."""
-    if path.exists() or path.is_symlink():
-        probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-        probe.settimeout(1)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # stale: left behind by a daemon that did not shut down cleanly
-        else:
-            raise DaemonError(f"another llmos daemon is listening on {path}")
-        finally:
-            probe.close()
     sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # no moment at which others could connect
     try:
@@ -356,17 +421,25 @@ async def run(config: Any, settings: DaemonSettings, announce: Any = print) -> i
     """`llmos daemon`: boot, restore, serve until SIGTERM/SIGINT, checkpoint."""
     from llmos.runtime import boot
 
+    if listening(settings.socket_path):  # before booting a kernel for nothing
+        clear_stale(settings)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with boot(config) as kernel:
             async with Daemon.open(kernel, settings) as daemon:
                 r = daemon.restored
+                base = daemon.base_url
+                loaded = "loaded" if getattr(kernel.backend, "loaded", True) else "loads on the first LLM call"
                 announce(
-                    f"llmos daemon: pid {os.getpid()}, model {kernel.backend.name}\n"
-                    f"  socket {settings.socket_path}\n"
-                    f"  http   {'off' if daemon.http_port is None else f'http://{settings.http[0]}:{daemon.http_port}/v1'}\n"
-                    f"  token  {settings.home / TOKEN_FILE}\n"
+                    f"llmos daemon: pid {os.getpid()}, model {kernel.backend.name} ({loaded})\n"
+                    + "".join(f"  removed stale {what}, left by a daemon that did not shut down\n" for what in daemon.cleared)
+                    + f"  socket  {settings.socket_path}\n"
+                    f"  openai  {f'{base}/v1' if base else 'off'}\n"
+                    f"  metrics {f'{base}/metrics' if base else 'off'}\n"
+                    f"  token   {settings.home / TOKEN_FILE}\n"
                     f"  restored {len(r.stopped)} stopped, {len(r.zombies)} exited, {r.reaped} reaped"
                     + (" (resumed)" if settings.resume and r.stopped else "")
+                    + (f"\n\n  Open the console in a browser (the link carries the token):\n      {daemon.console_link}\n"
+                       if daemon.console_link else "")
                 )
                 async for signum in signals:
                     announce(f"llmos daemon: {signal.Signals(signum).name}: checkpointing and shutting down")

@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     _kernel_args(demo)
 
-    shell = sub.add_parser("shell", help="interactive shell (on the running daemon if there is one)")
-    shell.add_argument("--local", action="store_true", help="boot a kernel here even if a daemon is running")
+    shell = sub.add_parser("shell", help="interactive shell on the running daemon (--local: on a kernel of its own)")
+    shell.add_argument("--local", action="store_true", help="boot a kernel inside the shell instead of using the daemon")
     shell.add_argument("--socket", type=Path, default=None, help="the daemon's socket (default: in the data dir)")
     _kernel_args(shell)
 

@@ -92,7 +92,7 @@ async def demo(config: KernelConfig, args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="llmos-demo-"))
     (workdir / "history.txt").write_text(SAMPLE_TEXT)
     async with boot(config) as kernel:
-        kernel.engine.recorded = [] if args.baseline else None
+        recorded = kernel.record_llm_calls() if args.baseline else []
         sh = local_handle(kernel, kernel.session("demo", Capabilities(fs_root=workdir)))
         view = LiveView()
         with kernel.events.watch() as events:
@@ -132,8 +132,8 @@ async def demo(config: KernelConfig, args: argparse.Namespace) -> int:
         if args.baseline:
             from llmos.benchmarks.baseline import sequential_generate
 
-            console.print(f"replaying {len(kernel.engine.recorded)} LLM calls with HF generate, one at a time…")
-            base = await trio.to_thread.run_sync(sequential_generate, kernel.backend, kernel.engine.recorded)
+            console.print(f"replaying {len(recorded)} LLM calls with HF generate, one at a time…")
+            base = await trio.to_thread.run_sync(sequential_generate, kernel.backend, recorded)
             figures.update(
                 baseline_tokens=base.tokens,
                 baseline_seconds=round(base.seconds, 3),

@@ -2,13 +2,15 @@
 
 The shell is a session process: every command is a syscall made on its behalf, so it can do
 exactly what an agent with full capabilities could, and nothing behind the kernel's back.
-It talks to a running daemon when there is one (the same commands, over the daemon's
-socket), and otherwise boots a kernel of its own.
+It talks to the running daemon (the same commands, over the daemon's socket) and says which
+one and how it found it; with --local it boots a kernel of its own instead. Without a daemon
+and without --local it says so and stops, rather than quietly booting a kernel nobody else sees.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sys as _sys
@@ -18,10 +20,11 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import trio
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from llmos.abi.errors import Errno, SyscallError
 from llmos.abi.mem import MemStat
@@ -41,6 +44,7 @@ class Command:
     usage: str
     help: str
     run: Callable[[list[str]], Awaitable[None]]
+    raw: bool = False  # gets the rest of the line as typed (one string), not shell-split words
 
 
 class Lines:
@@ -68,10 +72,11 @@ class Lines:
 
 
 class Shell:
-    def __init__(self, sys: Sys, console: Console, lines: Lines | None = None) -> None:
+    def __init__(self, sys: Sys, console: Console, lines: Lines | None = None, where: str = "") -> None:
         self.sys = sys
         self.console = console
         self.lines = lines
+        self.where = where  # which kernel this shell talks to, and how it found it
         self.commands: dict[str, Command] = {
             "spawn": Command("spawn PROGRAM [ARGS...]", "start an agent program in the background", self.spawn),
             "ps": Command("ps [-a]", "list processes (-a: with exit reasons)", self.ps),
@@ -88,26 +93,31 @@ class Shell:
             "tools": Command("tools [PATTERN...]", "the tools (syscalls) you may use, with their arguments", self.tools),
             "mount": Command("mount PREFIX COMMAND [ARGS...]", "mount a stdio MCP server's tools as PREFIX.*", self.mount),
             "umount": Command("umount PREFIX", "unmount an MCP server", self.umount),
-            "send": Command("send PID MESSAGE", "put a message (JSON, or plain text) in a process's mailbox", self.send),
+            "send": Command("send [--json] PID MESSAGE", "put a message in a process's mailbox: the rest of the line "
+                            "as text, or with --json as the JSON value it spells", self.send, raw=True),
+            "kernel": Command("kernel", "which kernel this shell talks to, and its figures", self.kernel),
             "help": Command("help", "this list", self.help),
             "quit": Command("quit", "leave the shell (also: exit, Ctrl-D)", self.quit),
         }
         self.done = False
 
     async def execute(self, line: str) -> None:
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            self.console.print(f"[red]parse error:[/] {escape(str(exc))}")
+        first, _, rest = line.strip().partition(" ")
+        if not first:
             return
-        if not words:
-            return
-        name, args = words[0], words[1:]
-        name = {"exit": "quit", "?": "help"}.get(name, name)
+        name = {"exit": "quit", "?": "help"}.get(first, first)
         cmd = self.commands.get(name)
         if cmd is None:
             self.console.print(f"[red]unknown command:[/] {escape(name)}  (type [bold]help[/] for the list)")
             return
+        if cmd.raw:
+            args = [rest.strip()] if rest.strip() else []
+        else:
+            try:
+                args = shlex.split(rest)
+            except ValueError as exc:
+                self.console.print(f"[red]parse error:[/] {escape(str(exc))}")
+                return
         try:
             await _until_interrupted(cmd.run, args)
         except UsageError as exc:
@@ -245,16 +255,29 @@ class Shell:
         self.console.print(f"unmounted {escape(args[0])}")
 
     async def send(self, args: list[str]) -> None:
-        if len(args) < 2:
+        """The message is the rest of the line exactly as typed: `send 4 {"x": 1}` sends that
+        text; `send --json 4 {"x": 1}` sends the object (and refuses what is not JSON)."""
+        line = args[0] if args else ""
+        as_json = line.startswith("--json ") or line == "--json"
+        if as_json:
+            line = line[len("--json"):].lstrip()
+        pid_word, _, message = line.partition(" ")
+        if not pid_word or not message.strip():
             raise UsageError("send needs a pid and a message")
-        (pid,) = _ints(args[:1], 1)
-        text = " ".join(args[1:])
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = text
+        (pid,) = _ints([pid_word], 1)
+        body: Any = message.strip()
+        if as_json:
+            try:
+                body = json.loads(body)
+            except ValueError as exc:
+                raise UsageError(f"not JSON ({exc}); without --json the line is sent as text") from None
         await self.sys.ipc.send(pid, body)
-        self.console.print(f"sent to {pid}")
+        self.console.print(f"sent to {pid} ({'JSON ' + type(body).__name__ if as_json else 'text'})")
+
+    async def kernel(self, args: list[str]) -> None:
+        stat = await self.sys.stat()
+        self.console.print(f"{escape(self.where)}\n{escape(stat.model)} · {stat.policy} · up {stat.uptime:.0f}s · "
+                           f"{stat.processes} processes · {stat.tokens_generated} tokens generated")
 
     async def help(self, args: list[str]) -> None:
         table = Table(show_header=False, box=None)
@@ -300,10 +323,13 @@ class TopView:
         now = time.monotonic()
         total = _rate(self.last_total, now, stat.tokens_generated)
         self.last_total = (now, stat.tokens_generated)
-        table = Table(box=None, header_style="bold", title_justify="left", title=(
-            f"{escape(stat.model)} · {stat.policy} · up {stat.uptime:.0f}s · {stat.processes} processes · "
+        # The summary is a line of its own, not the table's title: a title wraps at the table's
+        # width, which is only as wide as its columns.
+        title = Text(
+            f"{stat.model} · {stat.policy} · up {stat.uptime:.0f}s · {stat.processes} processes · "
             f"batch {stat.running} running {stat.waiting} waiting · {stat.tokens_generated} tokens "
-            f"({total:.1f} tok/s) · KV {stat.kv_bytes / 2**20:.1f} MB"))
+            f"({total:.1f} tok/s) · KV {stat.kv_bytes / 2**20:.1f} MB", style="bold")
+        table = Table(box=None, header_style="bold", expand=True)
         for col in ("PID", "NAME", "STATE", "NI", "TOKENS", "TOK/S", "PAGES", "KV MB"):
             table.add_column(col, justify="left" if col in ("NAME", "STATE") else "right")
         colors = {"RUNNING": "green", "READY": "yellow", "BLOCKED": "blue", "SLEEPING": "cyan", "STOPPED": "red", "ZOMBIE": "dim"}
@@ -317,7 +343,7 @@ class TopView:
                 f"{p.kv_bytes / 2**20:.1f}",
             )
         self.last = seen
-        return table
+        return Group(title, table)
 
     async def _pages(self, p: ProcInfo) -> str:
         """Resident memory pages, from mem.stat when the kernel has it."""
@@ -421,31 +447,52 @@ def _read_line(prompt: str) -> str | None:
 
 
 async def run_shell(config: KernelConfig, socket: Path | None = None, local: bool = False) -> int:
-    """Connect to the daemon if one is up (unless `local`), else boot a kernel here."""
+    """Connect to the daemon (or, with `local`, boot a kernel here) and read commands. Which
+    kernel it is, and how it was found, is said first (on stderr, so piped output stays clean)."""
     from llmos.agents.remote import DaemonUnavailable, connect, socket_path
 
-    console = Console()
+    console, note = Console(), Console(stderr=True)
     interactive = _sys.stdin.isatty()
     if interactive:
         _setup_history()
+    if local:
+        async with boot(config) as kernel:
+            loaded = "loaded" if getattr(kernel.backend, "loaded", True) else "loads on its first use"
+            where = (f"local kernel in this process (--local): model {kernel.backend.name} ({loaded}); "
+                     "nothing outside this shell sees it")
+            note.print(f"[bold]llmos shell[/] — {escape(where)}." + (" Type [bold]help[/]." if interactive else ""))
+            return await _repl(Shell(session(kernel, "shell"), console, where=where), interactive)
     path = socket or socket_path()
-    if not local and _daemon_listening(path):
-        try:
-            async with connect(path, name="shell") as sys:
-                hello = sys.transport.hello  # type: ignore[attr-defined]
-                if interactive:
-                    console.print(f"[bold]llmos shell[/] — daemon at {escape(str(path))} ({escape(hello.model)}), "
-                                  f"session pid {sys.pid}. Type [bold]help[/].")
-                return await _repl(Shell(sys, console), interactive)
-        except DaemonUnavailable as exc:
-            console.print(f"[red]llmos shell:[/] {escape(exc.message)}")
-            return 1
-    console.print("[bold]llmos shell[/] — loading the model…" if interactive else "", end="")
-    async with boot(config) as kernel:
-        shell = Shell(session(kernel, "shell"), console)
-        if interactive:
-            console.print(f" ready ({escape(kernel.backend.name)}). Type [bold]help[/].")
-        return await _repl(shell, interactive)
+    how = ("--socket" if socket is not None else "LLMOS_SOCKET" if os.environ.get("LLMOS_SOCKET")
+           else f"the data directory, {'LLMOS_HOME' if os.environ.get('LLMOS_HOME') else 'default'}")
+    if not _daemon_listening(path):
+        stale = " (a socket file is there, but the daemon that made it is gone)" if path.exists() else ""
+        note.print(f"[red]llmos shell:[/] no llmos daemon is listening at {escape(str(path))}{stale}, found via "
+                   f"{escape(how)}.\nStart one with [bold]llmos daemon[/], point at one with [bold]--socket[/], "
+                   f"or run [bold]llmos shell --local[/] for a kernel inside this shell.", soft_wrap=True)
+        return 1
+    try:
+        async with connect(path, name="shell") as sys:
+            hello = sys.transport.hello  # type: ignore[attr-defined]
+            info = _daemon_info(path)
+            who = f"the llmos daemon pid {info['pid']}" if info.get("pid") else "the llmos daemon"
+            where = (f"connected to {who} at {path} (found via {how}), model {hello.model}; "
+                     f"this shell is session pid {sys.pid}")
+            note.print(f"[bold]llmos shell[/] — {escape(where)}." + (" Type [bold]help[/]." if interactive else ""),
+                       soft_wrap=True)
+            return await _repl(Shell(sys, console, where=where), interactive)
+    except DaemonUnavailable as exc:
+        note.print(f"[red]llmos shell:[/] {escape(exc.message)}")
+        return 1
+
+
+def _daemon_info(path: Path) -> dict[str, Any]:
+    """daemon.json beside the socket, when it describes this socket's daemon."""
+    try:
+        info = json.loads((path.parent / "daemon.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) and info.get("socket") == str(path) else {}
 
 
 async def _repl(shell: Shell, interactive: bool) -> int:

@@ -9,16 +9,15 @@ oldest message matching a sender and/or tag; with none there, the process is BLO
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import trio
 
 from llmos.abi.errors import Errno, SyscallError
 from llmos.abi.ipc import MAX_BODY, Received, Sent
 from llmos.abi.proc import KERNEL_PID
+from llmos.kernel.kernel import SenderGone
 from llmos.kernel.proc.ipc import MailboxFull, Message
-from llmos.kernel.proc.process import Process, ProcState
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool
 
@@ -35,58 +34,25 @@ async def send(call: Call, pid: int, body: Any, tag: str | None = None) -> Sent:
     if pid == KERNEL_PID or target is None or not target.alive:
         raise SyscallError(Errno.ESRCH, f"no such process: {pid}")
     try:
-        call.kernel.mailboxes.send(Message(sender=call.proc.pid, to=pid, body=body, tag=tag, size=size))
+        pending = call.kernel.send(Message(sender=call.proc.pid, to=pid, body=body, tag=tag, size=size))
     except MailboxFull as exc:
         raise SyscallError(Errno.EAGAIN, str(exc)) from None
-    return Sent(to=pid, pending=call.kernel.mailboxes.pending(pid))
+    return Sent(to=pid, pending=pending)
 
 
 @tool("ipc.recv", timeout=None)
-async def recv(
-    call: Call,
-    from_pid: int | None = None,
-    tag: str | None = None,
-    timeout: float | None = None,
-) -> Received:
-    kernel, proc = call.kernel, call.proc
+async def recv(call: Call, from_pid: int | None = None, tag: str | None = None, timeout: float | None = None) -> Received:
     message = None
     with trio.move_on_after(timeout if timeout is not None else float("inf")):
-        while (message := kernel.mailboxes.take(proc.pid, from_pid, tag)) is None:
-            if from_pid is not None and not _alive(call, from_pid):
-                raise SyscallError(Errno.ESRCH, f"process {from_pid} has exited and left no such message")
-            with blocked(proc, "ipc.recv"):
-                await kernel.mailboxes.wait(proc.pid)
+        try:
+            message = await call.kernel.receive(call.proc, from_pid, tag)
+        except SenderGone:
+            raise SyscallError(Errno.ESRCH, f"process {from_pid} has exited and left no such message") from None
     if message is None:
         if timeout == 0:
             raise SyscallError(Errno.EAGAIN, "no message waiting")
         raise SyscallError(Errno.ETIMEDOUT, f"no message within {timeout:g} s")
-    if proc.stopped:  # stopped while waiting: the call returns only once continued
-        try:
-            await proc.continued.wait()
-        except BaseException:  # cancelled meanwhile: the message was not delivered, keep it
-            kernel.mailboxes.put_back(message)
-            raise
     return Received(
         sender=message.sender, tag=message.tag, body=message.body, sent=message.sent,
-        pending=kernel.mailboxes.pending(proc.pid),
+        pending=call.kernel.mailboxes.pending(call.proc.pid),
     )  # fmt: skip
-
-
-def _alive(call: Call, pid: int) -> bool:
-    p = call.kernel.procs.get(pid)
-    return p is not None and p.alive
-
-
-@contextmanager
-def blocked(proc: Process, wchan: str) -> Iterator[None]:
-    """The process is BLOCKED on `wchan` while inside; a stop that arrives meanwhile is kept."""
-    proc.state, proc.wchan = ProcState.BLOCKED, wchan
-    try:
-        yield
-    finally:
-        if proc.alive:
-            proc.wchan = ""
-            if proc.stopped:
-                proc.state_before_stop = ProcState.RUNNING
-            else:
-                proc.state = ProcState.RUNNING

@@ -20,7 +20,6 @@ from llmos.abi.kb import (
     IngestResult,
     SearchResult,
 )
-from llmos.kernel.kb import KnowledgeBase
 from llmos.syscalls.fs import resolve
 from llmos.syscalls.table import Call
 from llmos.syscalls.tools import tool
@@ -29,12 +28,6 @@ DOC_SUFFIXES = {".md", ".markdown", ".txt", ".rst"}
 MAX_FILES = 2000  # per ingest call
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
-
-
-def knowledge_base(call: Call) -> KnowledgeBase:
-    if call.kernel.kb is None:
-        call.kernel.kb = KnowledgeBase(call.kernel.embedder)  # one embedder per kernel
-    return call.kernel.kb
 
 
 @tool("kb.ingest", timeout=900)
@@ -50,7 +43,7 @@ async def ingest(
     targets = [resolve(call, path) for path in paths]
     docs, skipped = await trio.to_thread.run_sync(_read_documents, targets, root, abandon_on_cancel=True)
     docs += [(d.source, d.text) for d in texts]
-    kb = knowledge_base(call)
+    kb = call.kernel.kb
     done = await trio.to_thread.run_sync(kb.ingest, collection, docs, abandon_on_cancel=True)
     return IngestResult(
         collection=collection,
@@ -95,7 +88,7 @@ async def search(
     collection: str,
     min_score: float | None,
 ) -> SearchResult:
-    kb = knowledge_base(call)
+    kb = call.kernel.kb
     hits = await trio.to_thread.run_sync(kb.search, collection, query, k, min_score, abandon_on_cancel=True)
     return SearchResult(
         collection=collection,
@@ -105,11 +98,11 @@ async def search(
 
 @tool("kb.list", timeout=60)
 async def list_(call: Call) -> Collections:
-    kb = knowledge_base(call)
+    kb = call.kernel.kb
     return Collections(collections=await trio.to_thread.run_sync(kb.collections, abandon_on_cancel=True))
 
 
 @tool("kb.drop", timeout=60)
 async def drop(call: Call, collection: str) -> bool:
-    kb = knowledge_base(call)
+    kb = call.kernel.kb
     return await trio.to_thread.run_sync(kb.drop, collection, abandon_on_cancel=True)

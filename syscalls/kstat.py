@@ -12,7 +12,7 @@ from llmos.syscalls.table import Call, syscall
 @syscall("kernel.stat")
 async def stat(call: Call, req: Empty) -> KernelStat:
     k = call.kernel
-    s = k.engine.stats
+    s, kv = k.engine.stats, k.engine.kv_usage()
     return KernelStat(
         model=k.backend.name,
         policy=k.scheduler.policy,
@@ -27,11 +27,11 @@ async def stat(call: Call, req: Empty) -> KernelStat:
         tokens_prefilled=s.tokens_prefilled,
         busy_time=round(s.busy_time, 3),
         preemptions=k.scheduler.preemptions,
-        kv_bytes=k.engine.pool.used_bytes(),
-        kv_budget_bytes=k.engine.pool.budget_bytes,
-        kv_evictions=k.engine.pool.stats.evictions,
-        shared_prefix_tokens=k.engine.pool.stats.shared_prefix_tokens,
-        failed_steps=getattr(s, "failed_steps", 0),
+        kv_bytes=kv.used_bytes,
+        kv_budget_bytes=kv.budget_bytes,
+        kv_evictions=kv.evictions,
+        shared_prefix_tokens=kv.shared_prefix_tokens,
+        failed_steps=s.failed_steps,
         journal_failures=k.journal.failures if k.journal is not None else 0,
         journal_error=k.journal.last_error if k.journal is not None else None,
     )

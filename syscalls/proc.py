@@ -17,7 +17,6 @@ from llmos.abi.proc import (
     PidResponse,
     ProcessExit,
     ProcInfo,
-    ProcState,
     PsResponse,
     SignalRequest,
     SleepRequest,
@@ -67,11 +66,10 @@ async def wait(call: Call, req: WaitRequest) -> WaitResponse:
         if target.ppid != proc.pid:
             raise SyscallError(Errno.ECHILD, f"process {req.pid} is not a child of {proc.pid}")
     child = None
-    with _blocked(proc, "proc.wait"):
-        with trio.move_on_after(req.timeout if req.timeout is not None else float("inf")):
-            child = await kernel.wait(proc, req.pid)
-            if child is None:
-                raise SyscallError(Errno.ECHILD, f"process {proc.pid} has no children to wait for")
+    with trio.move_on_after(req.timeout if req.timeout is not None else float("inf")):
+        child = await kernel.wait(proc, req.pid)
+        if child is None:
+            raise SyscallError(Errno.ECHILD, f"process {proc.pid} has no children to wait for")
     if child is None:
         raise SyscallError(Errno.ETIMEDOUT, f"no child exited within {req.timeout} s")
     return WaitResponse(
@@ -165,13 +163,7 @@ async def ps(call: Call, req: Empty) -> PsResponse:
 
 @syscall("sleep")
 async def sleep(call: Call, req: SleepRequest) -> Ok:
-    proc = call.proc
-    proc.state = ProcState.SLEEPING
-    try:
-        await trio.sleep(req.seconds)
-    finally:
-        if proc.alive:
-            proc.state = ProcState.RUNNING
+    await call.kernel.sleep(call.proc, req.seconds)
     return Ok()
 
 
@@ -202,17 +194,3 @@ def _check_nice(caller: Process, nice: int) -> None:
     a process cannot give itself or its children a nice value below its own."""
     if not caller.session and nice < caller.nice:
         raise SyscallError(Errno.EPERM, f"nice {nice} is below the caller's own ({caller.nice})")
-
-
-class _blocked:
-    """Marks a process BLOCKED on `wchan` for the duration of a wait."""
-
-    def __init__(self, proc: Process, wchan: str) -> None:
-        self.proc, self.wchan = proc, wchan
-
-    def __enter__(self) -> None:
-        self.proc.state, self.proc.wchan = ProcState.BLOCKED, self.wchan
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.alive:
-            self.proc.state, self.proc.wchan = ProcState.RUNNING, ""

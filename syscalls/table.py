@@ -80,11 +80,34 @@ def add(entry: Syscall) -> None:
     TABLE[entry.name] = entry
 
 
+# Where syscalls added at run time come from (MCP tools: syscalls/mcp.py): each source gives
+# the entries it serves on a kernel (only the named one's, if a name is given).
+MountedSource = Callable[[Kernel, "str | None"], dict[str, Syscall]]
+_mounted_sources: list[MountedSource] = []
+
+
+def mounted_source(source: MountedSource) -> MountedSource:
+    _mounted_sources.append(source)
+    return source
+
+
+def every_syscall(kernel: Kernel) -> dict[str, Syscall]:
+    """The built-in table and everything mounted on `kernel`."""
+    entries = dict(TABLE)
+    for source in _mounted_sources:
+        entries.update(source(kernel, None))
+    return entries
+
+
 TOO_LONG = {"string_too_long", "too_long", "bytes_too_long"}  # pydantic error types that mean "oversized"
 
 
 def lookup(kernel: Kernel, name: Any) -> Syscall:
-    entry = (TABLE.get(name) or kernel.mounted.get(name)) if isinstance(name, str) else None
+    entry = None
+    if isinstance(name, str):
+        entry = TABLE.get(name)
+        for source in _mounted_sources if entry is None else ():
+            entry = source(kernel, name).get(name) or entry
     if entry is None:
         raise SyscallError(Errno.ENOSYS, f"no such syscall: {name!r}"[:300])
     return entry
@@ -139,14 +162,17 @@ async def _dispatch(kernel: Kernel, pid: int, name: Any, args: Any, emit: Emit |
     request = validate(entry, args)
     if not kernel.caps[pid].allows(entry.name):
         raise SyscallError(Errno.EPERM, f"{entry.name}: not permitted for process {pid} ({proc.name})")
-    if proc.stopped:  # like a signal delivered at kernel entry: wait here until continued
-        await proc.continued.wait()
+    await kernel.held(proc)  # stopped: a signal delivered at kernel entry holds it here
     try:
         response = await entry.handler(Call(kernel, proc, emit), request)
-    except (SyscallError, trio.Cancelled, ProcessExit):
+    except SyscallError:
+        await kernel.held(proc)  # ... and on the way back (an error is a return too)
+        raise
+    except (trio.Cancelled, ProcessExit):
         raise
     except Exception as exc:
         raise SyscallError(Errno.EIO, f"{entry.name} failed: {type(exc).__name__}: {exc}") from exc
+    await kernel.held(proc)  # stopped during the call: it returns once continued
     kernel.commit()  # what the caller is about to be told is on disk first (when journaled)
     return response
 

@@ -42,7 +42,7 @@ from pydantic import (
 from llmos.abi import SYSCALLS, Ok
 from llmos.abi.errors import Errno, SyscallError
 from llmos.abi.tools import ListToolsRequest, ToolInfo, ToolList
-from llmos.syscalls.table import TABLE, Call, Syscall, add, syscall
+from llmos.syscalls.table import TABLE, Call, Syscall, add, every_syscall, syscall
 
 DEFAULT_TIMEOUT = 30.0  # seconds; None means no limit (a blocking call such as ipc.recv)
 TOOL_THREADS = 8  # sync tools running at once; more wait for a free thread
@@ -194,7 +194,7 @@ def _parse_doc(doc: str) -> tuple[str, dict[str, str]]:
 async def list_tools(call: Call, req: ListToolsRequest) -> ToolList:
     names = req.names
     caps = call.kernel.caps[call.proc.pid]
-    entries = {**TABLE, **call.kernel.mounted}
+    entries = every_syscall(call.kernel)
     tools = [
         ToolInfo(name=e.name, description=e.doc, parameters=e.arguments_schema(), streaming=e.chunk is not None)
         for e in sorted(entries.values(), key=lambda e: e.name)

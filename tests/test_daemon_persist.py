@@ -152,7 +152,9 @@ def test_sigkill_loses_nothing_acknowledged():
     try:
         diary, talker, zombie, collector, acknowledged, killed = trio.run(before_kill)
         assert killed == -signal.SIGKILL
+        assert (home / "daemon.sock").exists() and (home / "daemon.json").exists()  # left behind by the kill
         daemon = DaemonProcess(home, "--no-http").start()
+        assert "removed stale" in daemon.output() and "not running" in daemon.output()  # and cleared at start
 
         async def after_restart():
             async with llmos.connect(daemon.socket, daemon.token) as sys:
@@ -203,6 +205,7 @@ def _shell(daemon: DaemonProcess, script: str) -> str:
     r = subprocess.run([sys.executable, "-m", "llmos", "shell"], input=script, capture_output=True, text=True,
                        timeout=120, env=env)
     assert r.returncode == 0, r.stderr
+    assert f"connected to the llmos daemon pid {daemon.proc.pid}" in r.stderr  # it says where it is
     return r.stdout
 
 

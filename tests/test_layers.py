@@ -6,6 +6,7 @@ machine where torch is not installed.)"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,31 @@ def test_every_declared_syscall_has_a_handler_and_every_handler_a_declaration():
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
+
+
+def test_only_the_process_module_assigns_process_state():
+    """xv6's rule: proc.c owns p->state. Here kernel/proc/process.py owns it; the kernel and
+    the engine change a process's state only through its transitions."""
+    owner = ROOT / "kernel" / "proc" / "process.py"
+    offenders = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if path.resolve() == owner or path.parts[len(ROOT.parts)] not in ("kernel", "syscalls", "servers", "shell"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for t in targets:
+                for sub in ast.walk(t):
+                    if isinstance(sub, ast.Attribute) and sub.attr in ("state", "activity", "stopped", "wchan"):
+                        offenders.append(f"{path.relative_to(ROOT)}:{sub.lineno} assigns .{sub.attr}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_import_contracts_hold():
+    """import-linter's contracts (pyproject.toml): the layers, the ABI's and the agents' imports."""
+    r = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def test_ruff_finds_nothing():
+    r = subprocess.run([str(Path(sys.executable).parent / "ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:]

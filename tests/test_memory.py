@@ -126,9 +126,9 @@ def test_fault_pages_an_early_fact_back_into_the_prompt(tiny_backend, tmp_path):
         fact = await sh.mem.store(FACT)
         await fill(sh, 10)
         before = await sh.mem.stat()
-        kernel.engine.recorded = []
+        recorded = kernel.record_llm_calls()
         reply = await sh.mem.chat("What is the vault code of the harbour office?", max_tokens=4)
-        prompt = kernel.backend.decode(kernel.engine.recorded[0][0])
+        prompt = kernel.backend.decode(recorded[0][0])
         after = await sh.mem.stat()
         await sh.mem.chat("Who keeps the key?", max_tokens=4, remember=False)  # asks, keeps nothing
         return fact, before, reply, prompt, after, await sh.mem.stat()
@@ -191,14 +191,14 @@ def test_kv_is_rebuilt_from_the_first_changed_page(tiny_backend, tmp_path):
     async def body(kernel, sh):
         proc = kernel.procs.get(sh.pid)
         await sh.mem.store(SYSTEM, role="system", pin=True)
-        kernel.engine.recorded = []
+        recorded = kernel.record_llm_calls()
         first = await sh.mem.chat("Tell me about the bakery near the station.", max_tokens=6)
         kv_after_first = list(proc.kv.token_ids)
         second = await sh.mem.chat("And the museum?", max_tokens=6)  # nothing evicted: pure extension
         kv_after_second = list(proc.kv.token_ids)
         await sh.mem.budget(first.usage.prompt_tokens)  # the oldest pages must go
         third = await sh.mem.chat("What about the concert in the park?", max_tokens=6)
-        prompts = [ids for ids, _ in kernel.engine.recorded]
+        prompts = [ids for ids, _ in recorded]
         return first, second, third, kv_after_first, kv_after_second, prompts
 
     first, second, third, kv1, kv2, prompts = run(tiny_backend, body, tmp_path, page_tokens=64, budget=4000)

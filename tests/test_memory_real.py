@@ -36,9 +36,9 @@ def test_real_model_answers_from_a_paged_in_fact(real_backend, tmp_path):
         fact = await sh.mem.store(FACT)
         await fill(sh, 10)
         before = await sh.mem.stat()
-        kernel.engine.recorded = []
+        recorded = kernel.record_llm_calls()
         reply = await sh.mem.chat("Which instrument does Maria Okafor play?", max_tokens=12)
-        prompt = kernel.backend.decode(kernel.engine.recorded[0][0])
+        prompt = kernel.backend.decode(recorded[0][0])
         return fact, before, reply, prompt
 
     fact, before, reply, prompt = run(real_backend, body, tmp_path, page_tokens=64, budget=120)
@@ -52,13 +52,13 @@ def test_real_model_kv_rebuilt_from_first_changed_page(real_backend, tmp_path):
     async def body(kernel, sh):
         proc = kernel.procs.get(sh.pid)
         await sh.mem.store(SYSTEM, role="system", pin=True)
-        kernel.engine.recorded = []
+        recorded = kernel.record_llm_calls()
         await sh.mem.chat("Name a fruit.", max_tokens=6)
         second = await sh.mem.chat("Name a colour.", max_tokens=6)
         kv = list(proc.kv.token_ids)
         await sh.mem.budget((await sh.mem.stat()).resident_tokens - 5)  # the oldest pages must go
         third = await sh.mem.chat("Name an animal.", max_tokens=6)
-        return second, third, kv, [ids for ids, _ in kernel.engine.recorded], await sh.mem.stat()
+        return second, third, kv, [ids for ids, _ in recorded], await sh.mem.stat()
 
     second, third, kv, prompts, st = run(real_backend, body, tmp_path, page_tokens=64, budget=4000)
     assert second.usage.cached_tokens >= len(prompts[0]) - 2

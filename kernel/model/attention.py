@@ -144,7 +144,7 @@ def _attend_segment(
     layer: int, seg: Segment, q: torch.Tensor, grouped: torch.Tensor, new_kv: torch.Tensor, scale: float
 ) -> torch.Tensor:
     n_tokens, q_heads, dim = q.shape
-    kv_heads, rep = grouped.shape[1], grouped.shape[2]
+    rep = grouped.shape[2]
     rows = slice(seg.row, seg.row + seg.n)
     cache = seg.cache(layer)
     end = seg.start + seg.n

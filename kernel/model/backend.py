@@ -16,8 +16,8 @@ import torch
 
 from llmos.kernel.model import attention, llama
 from llmos.kernel.model.constraint import Grammars
-from llmos.kernel.model.llama import LlamaRunner
 from llmos.kernel.model.kvcache import DecodeSlab, KVShape, SequenceKV
+from llmos.kernel.model.llama import LlamaRunner
 
 SLAB_MAX_TOKENS = 2048  # decoders with longer contexts are attended one by one
 
@@ -72,6 +72,11 @@ class Backend:
         # with our attention plugged in.
         self.runner = LlamaRunner(model) if lean and llama.supports(model) else None
         self.slab = DecodeSlab(self.shape, slots, min(self.max_context, SLAB_MAX_TOKENS))
+
+    @property
+    def model_id(self) -> str:
+        """The name clients ask for (the OpenAI API's model id)."""
+        return self.name
 
     @classmethod
     def load(cls, spec: str, dtype: str = "float32", threads: int = 0) -> "Backend":

@@ -1,30 +1,62 @@
 """The LLM engine: the kernel task that time-slices the shared model.
 
-Loop: ask the scheduler for this step's work, run one batched forward pass (in a worker
-thread, so the trio loop keeps serving syscalls, the shell and streams meanwhile), sample, hand
-each process its new text, retire finished sequences. Requests join and leave between steps.
+`Engine` is what the kernel and `llm.chat` ask of any engine: submit a chat for a process,
+stream its text, release it; the engine runs as one kernel task. It keeps the request streams
+and the states they imply (READY while queued, RUNNING in the batch, back to its own code
+when released) in one place for every engine. Two engines implement it: `BatchEngine` here
+(the local model) and `RemoteEngine` (kernel/model/remote.py: an OpenAI-protocol server).
+Both queue their requests in the same Scheduler, so admission and policies are one code.
+
+BatchEngine's loop: ask the scheduler for this step's work, run one batched forward pass (in
+a worker thread, so the trio loop keeps serving syscalls, the shell and streams meanwhile),
+sample, hand each process its new text, retire finished sequences. Requests join and leave
+between steps.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Protocol
 
 import torch
 import trio
 
+from llmos.abi.proc import ProcState
 from llmos.kernel.model.backend import Backend, StepPlan, WorkItem
 from llmos.kernel.model.constraint import Constraint, ConstraintSpec, apply_masks
 from llmos.kernel.model.kvcache import KVPool
-from llmos.kernel.proc.process import Process, ProcState
 from llmos.kernel.model.sampling import SamplingParams, sample
 from llmos.kernel.model.scheduler import Scheduled, Scheduler
-from llmos.kernel.model.sequence import Sequence, SeqStatus
+from llmos.kernel.model.sequence import SeqStatus, Sequence
+from llmos.kernel.proc.process import Process
 
 
 class ContextTooLong(ValueError):
     pass
+
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+INTER_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Cumulative counts of latencies (seconds) by upper bound, as Prometheus histograms keep
+    them; the last count is everything above the largest bound."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
 
 
 @dataclass
@@ -39,6 +71,10 @@ class EngineStats:
     masked_steps: int = 0  # steps that chose at least one token under a constraint
     masked_step_time: float = 0.0  # seconds of those steps (masking's share: mask_time / this)
     batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
+    prefix_hits: int = 0  # requests whose prompt began with KV already computed (retained or shared)
+    cached_tokens: int = 0  # prompt tokens those requests did not prefill
+    ttft: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(TTFT_BUCKETS))  # submit -> first token
+    inter_token: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(INTER_TOKEN_BUCKETS))
 
     def note_batch(self, n: int) -> None:
         self.batch_sizes.append(n)
@@ -46,17 +82,168 @@ class EngineStats:
             del self.batch_sizes[:128]
 
 
+@dataclass
+class KVUsage:
+    """The KV cache an engine holds for processes (none for a remote model: the server's)."""
+
+    used_bytes: int = 0
+    budget_bytes: int = 0
+    evictions: int = 0
+    shared_prefix_tokens: int = 0
+
+
+class Model(Protocol):
+    """The model behind an engine, as the rest of the kernel sees it."""
+
+    name: str
+    max_context: int
+
+    @property
+    def model_id(self) -> str: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class Request(Protocol):
+    """One submitted chat, as llm.chat reads it back."""
+
+    owner: Process
+    params: SamplingParams
+    status: SeqStatus
+    text: str
+    finish_reason: str | None
+    error: str | None
+    cached_tokens: int
+    first_token_at: float | None
+    cancelled: bool
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+
 class Engine:
-    def __init__(self, backend: Backend, scheduler: Scheduler, pool: KVPool, prefix_sharing: bool = True) -> None:
-        self.backend = backend
-        self.scheduler = scheduler
-        self.pool = pool
-        self.prefix_sharing = prefix_sharing
+    """What the kernel asks of an LLM engine, and the part every engine shares: each request's
+    text stream and the process states it implies."""
+
+    model: Model
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler  # its waiting/running lists are the queue (kernel.stat shows them)
         self.stats = EngineStats()
         self._wakeup = trio.Event()
-        self._channels: dict[int, trio.MemorySendChannel[str]] = {}  # id(seq) -> text sink
+        self._channels: dict[int, trio.MemorySendChannel[str]] = {}  # id(request) -> text sink
         self._receivers: dict[int, trio.MemoryReceiveChannel[str]] = {}
-        self.recorded: list[tuple[list[int], SamplingParams]] | None = None  # set to a list to record calls
+        self._last_token_at: dict[int, float] = {}  # id(request) -> when its latest token came
+        self.recorded: list[tuple[Any, SamplingParams]] | None = None  # a list: every request is kept there
+
+    async def constrain(self, spec: ConstraintSpec) -> Any:
+        """What submit_chat takes as `constraint` for a response format (compiled, or checked
+        and passed on); InvalidConstraint says what is wrong with it."""
+        raise NotImplementedError
+
+    def submit_chat(
+        self, proc: Process, messages: list[dict[str, str]], params: SamplingParams, constraint: Any = None
+    ) -> Request:
+        """Queue a chat completion for `proc` (which is READY on "llm" until it is in the batch),
+        its reply held to `constraint` (from `constrain`) if given."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """The engine's kernel task."""
+        raise NotImplementedError
+
+    def kv_usage(self) -> KVUsage:
+        return KVUsage()
+
+    def _queue(self, proc: Process, request: Any, recorded: Any) -> None:
+        send, recv = trio.open_memory_channel[str](math.inf)
+        self._channels[id(request)], self._receivers[id(request)] = send, recv
+        if self.recorded is not None:
+            self.recorded.append((recorded, request.params))
+        self.scheduler.add(request)
+        proc.set_waiting(ProcState.READY, "llm")
+        self._wakeup.set()
+
+    def output(self, request: Request) -> AsyncIterator[str]:
+        """The text of a submitted request as it is produced; ends when the request finishes
+        (then `request.error` says whether it failed)."""
+        return self._receivers.pop(id(request))
+
+    def release(self, request: Request) -> None:
+        """Called by whoever submitted `request`, always, when done with it. If it has not
+        finished (the process was killed, or the call timed out) it leaves the batch now."""
+        self._channels.pop(id(request), None)
+        self._receivers.pop(id(request), None)
+        self._last_token_at.pop(id(request), None)
+        if request.status is not SeqStatus.FINISHED:
+            request.cancelled = True
+            self.scheduler.remove(request)
+            self._abandon(request)
+        if request.owner.wchan == "llm":
+            request.owner.set_running()
+
+    def _abandon(self, request: Any) -> None:
+        """Whatever an engine must undo for a request released before it finished."""
+
+    async def requested(self) -> None:
+        """Return once a request has been submitted (the kernel loads a lazy model then)."""
+        while not len(self.scheduler):
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
+    def wake(self) -> None:
+        """Something changed that may let the scheduler make progress (a process continued)."""
+        self._wakeup.set()
+
+    def _emit(self, request: Any, delta: str) -> None:
+        send = self._channels.get(id(request))
+        if delta and send is not None:
+            send.send_nowait(delta)
+
+    def _time_token(self, request: Any) -> None:
+        """TTFT for a request's first token, inter-token latency for the others."""
+        now = time.monotonic()
+        last = self._last_token_at.get(id(request))
+        if last is None:
+            self.stats.ttft.observe(now - request.arrived)
+        else:
+            self.stats.inter_token.observe(now - last)
+        self._last_token_at[id(request)] = now
+
+    def _end(self, request: Any) -> None:
+        """A finished request leaves the queue; its reader sees the end of its text."""
+        self._last_token_at.pop(id(request), None)
+        self.scheduler.remove(request)
+        send = self._channels.get(id(request))
+        if send is not None:
+            send.close()
+
+    def _note_batch(self) -> None:
+        """Every queued process shows where it is: READY waiting, RUNNING in the batch."""
+        for request in self.scheduler.waiting:
+            request.owner.set_waiting(ProcState.READY, "llm")
+        for request in self.scheduler.running:
+            request.owner.set_running("llm")
+
+
+class BatchEngine(Engine):
+    """The local model: every process's tokens in one batched forward pass per step."""
+
+    def __init__(self, backend: Backend, scheduler: Scheduler, pool: KVPool, prefix_sharing: bool = True) -> None:
+        super().__init__(scheduler)
+        self.backend = self.model = backend
+        self.pool = pool
+        self.prefix_sharing = prefix_sharing
+
+    def kv_usage(self) -> KVUsage:
+        return KVUsage(
+            self.pool.used_bytes(), self.pool.budget_bytes, self.pool.stats.evictions, self.pool.stats.shared_prefix_tokens
+        )
 
     # -- the process side ---------------------------------------------------------------
 
@@ -90,40 +277,19 @@ class Engine:
             self.pool.share_prefix(kv, prompt_ids[:-1])
         proc.kv = kv
         proc.prompt_tokens += len(prompt_ids)
-        if self.recorded is not None:
-            self.recorded.append((list(prompt_ids), params))
         seq = Sequence(proc, prompt_ids, params, kv, self.backend.decode, self.backend.eos_ids)
         seq.cached_tokens = kv.length
         seq.constraint = constraint
-        send, recv = trio.open_memory_channel[str](math.inf)
-        self._channels[id(seq)] = send
-        self._receivers[id(seq)] = recv
-        self.scheduler.add(seq)
-        proc.state, proc.wchan = ProcState.READY, "llm"
-        self._wakeup.set()
+        if kv.length:
+            self.stats.prefix_hits += 1
+            self.stats.cached_tokens += kv.length
+        self._queue(proc, seq, list(prompt_ids))
         return seq
 
-    def wake(self) -> None:
-        """Something changed that may let the scheduler make progress (a process continued)."""
-        self._wakeup.set()
-
-    def output(self, seq: Sequence) -> trio.MemoryReceiveChannel[str]:
-        """The text of a submitted sequence, as it is produced; closed when it finishes."""
-        return self._receivers.pop(id(seq))
-
-    def release(self, seq: Sequence) -> None:
-        """Called by whoever submitted `seq`, always, when done with it. If it has not finished
-        (the process was killed, or the call timed out) it leaves the batch now."""
-        self._channels.pop(id(seq), None)
-        self._receivers.pop(id(seq), None)
-        if seq.status is not SeqStatus.FINISHED:
-            seq.cancelled = True
-            self.scheduler.remove(seq)
-            # A forward pass may still be writing this cache: the process starts a fresh one.
-            if seq.owner.kv is seq.kv:
-                seq.owner.kv = None
-        if seq.owner.wchan == "llm":
-            seq.owner.state, seq.owner.wchan = ProcState.RUNNING, ""
+    def _abandon(self, seq: Sequence) -> None:
+        # A forward pass may still be writing this cache: the process starts a fresh one.
+        if seq.owner.kv is seq.kv:
+            seq.owner.kv = None
 
     # -- the kernel side ----------------------------------------------------------------
 
@@ -138,11 +304,7 @@ class Engine:
         wants the model, or everyone who does is stopped). Its own frame, so that no cache
         stays referenced from the loop once its process is gone."""
         plan = self.scheduler.schedule() if len(self.scheduler) else []
-        for seq in self.scheduler.waiting:
-            if not seq.owner.stopped:
-                seq.owner.state = ProcState.READY
-        for seq in self.scheduler.running:
-            seq.owner.state = ProcState.RUNNING
+        self._note_batch()
         if not plan:
             return False
         items = [WorkItem(s.seq.kv, s.seq.pending(s.n_tokens), s.want_logits) for s in plan]
@@ -163,7 +325,7 @@ class Engine:
             seq.kv.drop()  # it may be half written; the process prefills again next time
             seq.error = error
             seq.status, seq.finish_reason = SeqStatus.FINISHED, "error"
-            self._retire(seq)
+            self._end(seq)
 
     def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
         logits = self.backend.run(layout)
@@ -215,19 +377,11 @@ class Engine:
             if token is None:
                 continue
             delta = seq.append(token)
+            self._time_token(seq)
             proc.generated_tokens += 1
             self.stats.tokens_generated += 1
             self.scheduler.account(seq, 1)
-            send = self._channels.get(id(seq))
-            if delta and send is not None:
-                send.send_nowait(delta)
+            self._emit(seq, delta)
             if seq.status is SeqStatus.FINISHED:
-                self._retire(seq)
-
-    def _retire(self, seq: Sequence) -> None:
-        """A finished sequence leaves the batch; its reader sees the end of its text."""
-        self.scheduler.remove(seq)
-        send = self._channels.get(id(seq))
-        if send is not None:
-            send.close()
+                self._end(seq)
 

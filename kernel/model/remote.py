@@ -6,16 +6,15 @@
 
 vLLM and SGLang speak this protocol and batch across GPUs and nodes themselves, and so does
 another llmos daemon. The kernel keeps its part of the job: which process's request goes
-next. `RemoteEngine` has the public surface `llm.chat` uses on the local Engine
-(submit_chat, output, release, run, wake, stats); at most `max_batch` requests are in flight,
-admitted from the scheduler's waiting list by the kernel's policy, and a stopped process is
-neither admitted nor handed text until it continues.
+next. `RemoteEngine` is an `Engine` (kernel/model/engine.py) like the local one: requests
+queue in the same Scheduler and are admitted by its policy (`Scheduler.admit`), at most
+`max_batch` in flight; a stopped process is neither admitted nor handed text until it
+continues.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,12 +23,11 @@ from typing import Any
 import trio
 
 from llmos.kernel.model.constraint import ConstraintSpec, check_schema
-from llmos.kernel.model.engine import EngineStats
-from llmos.kernel.model.kvcache import KVStats
-from llmos.kernel.proc.process import Process, ProcState
+from llmos.kernel.model.engine import Engine
 from llmos.kernel.model.sampling import SamplingParams
 from llmos.kernel.model.scheduler import Scheduler
 from llmos.kernel.model.sequence import SeqStatus
+from llmos.kernel.proc.process import Process
 
 REMOTE_PREFIX = "openai:"
 CONNECT_TIMEOUT = 10.0
@@ -56,6 +54,10 @@ class RemoteModel:
     @property
     def name(self) -> str:
         return f"{self.model} @ {self.base_url}"
+
+    @property
+    def model_id(self) -> str:
+        return self.model
 
     # The kernel has no tokenizer for a remote model. Memory pages (kernel/memory/manager.py) still need
     # to be measured and cut, so they are measured in UTF-8 bytes: a conservative stand-in
@@ -92,8 +94,6 @@ class RemoteModel:
         max_context = models[model].get("max_model_len") or 0
         return cls(url, model, key, int(max_context))
 
-    def new_engine(self, scheduler: Scheduler) -> "RemoteEngine":
-        return RemoteEngine(self, scheduler)
 
 
 @dataclass
@@ -107,51 +107,23 @@ class RemoteSequence:
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None
     text: str = ""
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # as the server counts them: the protocol reports counts, not ids
     completion_tokens: int = 0
     cached_tokens: int = 0
     arrived: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     slice_tokens: int = 0
     cancelled: bool = False
-    error: RemoteModelError | None = None
+    error: str | None = None
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
-    # The protocol reports token counts, not ids; llm.chat only takes the lengths of these.
-    @property
-    def prompt_ids(self) -> range:
-        return range(self.prompt_tokens)
 
-    @property
-    def output_ids(self) -> range:
-        return range(self.completion_tokens)
-
-
-class NoKV:
-    """The KV pool of a remote model: its cache lives on the server; the kernel holds none."""
-
-    budget_bytes = 0
-
-    def __init__(self) -> None:
-        self.stats = KVStats()
-
-    def used_bytes(self) -> int:
-        return 0
-
-
-class RemoteEngine:
+class RemoteEngine(Engine):
     def __init__(self, model: RemoteModel, scheduler: Scheduler) -> None:
+        super().__init__(scheduler)
         self.model = model
-        self.scheduler = scheduler  # its waiting/running lists are the queue (kernel.stat shows them)
-        self.stats = EngineStats()
-        self.pool = NoKV()
-        self._wakeup = trio.Event()
-        self._channels: dict[int, trio.MemorySendChannel[str]] = {}
-        self._receivers: dict[int, trio.MemoryReceiveChannel[str]] = {}
         self._in_flight = 0
         self._busy_since = 0.0
-
-    # -- the process side (what llm.chat calls) -------------------------------------------
 
     async def constrain(self, spec: ConstraintSpec) -> ConstraintSpec:
         """The server compiles constraints; a JSON schema is checked here so that an invalid
@@ -164,32 +136,12 @@ class RemoteEngine:
         self, proc: Process, messages: list[dict[str, str]], params: SamplingParams, constraint: ConstraintSpec | None = None
     ) -> RemoteSequence:
         seq = RemoteSequence(proc, messages, params, constraint)
-        send, recv = trio.open_memory_channel[str](math.inf)
-        self._channels[id(seq)], self._receivers[id(seq)] = send, recv
-        self.scheduler.add(seq)
-        proc.state, proc.wchan = ProcState.READY, "llm"
-        self._wakeup.set()
+        self._queue(proc, seq, messages)
         return seq
 
-    def output(self, seq: RemoteSequence) -> "_Output":
-        """The text as it streams in; raises RemoteModelError at the end if the request failed."""
-        return _Output(seq, self._receivers.pop(id(seq)))
-
-    def release(self, seq: RemoteSequence) -> None:
-        self._channels.pop(id(seq), None)
-        self._receivers.pop(id(seq), None)
-        if seq.status is not SeqStatus.FINISHED:
-            seq.cancelled = True
-            seq.cancel_scope.cancel()
-            self.scheduler.remove(seq)
-            self._wakeup.set()
-        if seq.owner.wchan == "llm":
-            seq.owner.state, seq.owner.wchan = ProcState.RUNNING, ""
-
-    def wake(self) -> None:
+    def _abandon(self, seq: RemoteSequence) -> None:
+        seq.cancel_scope.cancel()
         self._wakeup.set()
-
-    # -- the kernel side ------------------------------------------------------------------
 
     async def run(self) -> None:
         import httpx
@@ -199,25 +151,11 @@ class RemoteEngine:
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             async with trio.open_nursery() as nursery:
                 while True:
-                    for seq in self._admit():
+                    for seq in self.scheduler.admit():
                         nursery.start_soon(self._request, client, seq)
+                    self._note_batch()
                     await self._wakeup.wait()
                     self._wakeup = trio.Event()
-
-    def _admit(self) -> list[RemoteSequence]:
-        """Move waiting requests into the in-flight set, by the kernel's policy."""
-        admitted = []
-        while len(self.scheduler.running) < self.scheduler.max_batch:
-            candidates = [s for s in self.scheduler.waiting if not s.owner.stopped]
-            if not candidates:
-                break
-            seq = _pick(self.scheduler.policy, candidates)
-            self.scheduler.waiting.remove(seq)
-            self.scheduler.running.append(seq)
-            seq.status = SeqStatus.RUNNING
-            seq.owner.state = ProcState.RUNNING
-            admitted.append(seq)
-        return admitted
 
     async def _request(self, client: Any, seq: RemoteSequence) -> None:
         import httpx
@@ -240,20 +178,17 @@ class RemoteEngine:
                         if seq.owner.stopped:  # hold the text back until the process continues
                             await seq.owner.continued.wait()
         except RemoteModelError as exc:
-            seq.error = exc
+            seq.error = str(exc)
         except httpx.HTTPError as exc:
-            seq.error = RemoteModelError(f"remote model {self.model.base_url} failed: {type(exc).__name__}: {exc}")
+            seq.error = f"remote model {self.model.base_url} failed: {type(exc).__name__}: {exc}"
         except ValueError as exc:
-            seq.error = RemoteModelError(f"remote model {self.model.base_url} sent an unreadable event: {exc}")
+            seq.error = f"remote model {self.model.base_url} sent an unreadable event: {exc}"
         finally:
             seq.owner.llm_time += time.monotonic() - started
             self._busy(-1)
             seq.status = SeqStatus.FINISHED
             seq.finish_reason = seq.finish_reason or ("cancelled" if seq.cancelled else "stop")
-            self.scheduler.remove(seq)
-            send = self._channels.get(id(seq))
-            if send is not None:
-                send.close()
+            self._end(seq)
             self._wakeup.set()
 
     def _busy(self, change: int) -> None:
@@ -298,9 +233,7 @@ class RemoteEngine:
                     seq.first_token_at = time.monotonic()
                 seq.text += delta
                 self._count(seq, 1)  # about a token per event; corrected by the usage below
-                send = self._channels.get(id(seq))
-                if send is not None:
-                    send.send_nowait(delta)
+                self._emit(seq, delta)
             seq.finish_reason = choice.get("finish_reason") or seq.finish_reason
         usage = event.get("usage")
         if isinstance(usage, dict):
@@ -319,29 +252,11 @@ class RemoteEngine:
             self.scheduler.account(seq, tokens)
 
 
-class _Output:
-    """Async iterator over a request's text; the request's error, if any, is raised at its end."""
-
-    def __init__(self, seq: RemoteSequence, recv: trio.MemoryReceiveChannel[str]) -> None:
-        self.seq, self.recv = seq, recv
-
-    def __aiter__(self) -> "_Output":
-        return self
-
-    async def __anext__(self) -> str:
-        try:
-            return await self.recv.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            if self.seq.error is not None:
-                raise self.seq.error from None
-            raise StopAsyncIteration from None
-
-
 def constraint_fields(spec: ConstraintSpec) -> dict[str, Any]:
     """A constraint in the request fields OpenAI-protocol servers read: response_format for JSON
     (OpenAI, vLLM, SGLang, llmos); a regex or grammar as vLLM's guided_* and SGLang's fields (a
-    server reads its own and ignores the other's). The grammar text goes as given: vLLM with
-    its guidance backend reads Lark, SGLang reads EBNF."""
+    server reads its own and ignores the other's; llmos reads both). The grammar text goes as
+    given: vLLM with its guidance backend reads Lark, SGLang reads EBNF."""
     if spec.kind == "json_schema":
         return {"response_format": {"type": "json_schema", "json_schema": {"name": "llmos", "schema": spec.spec, "strict": True}}}
     if spec.kind == "json_object":
@@ -349,14 +264,6 @@ def constraint_fields(spec: ConstraintSpec) -> dict[str, Any]:
     if spec.kind == "regex":
         return {"guided_regex": spec.spec, "regex": spec.spec}
     return {"guided_grammar": spec.spec, "ebnf": spec.spec}
-
-
-def _pick(policy: str, candidates: list[RemoteSequence]) -> RemoteSequence:
-    if policy == "fair":
-        return min(candidates, key=lambda s: s.owner.vruntime)
-    if policy == "priority":
-        return min(candidates, key=lambda s: s.owner.nice)
-    return candidates[0]
 
 
 def _auth(key: str) -> dict[str, str]:

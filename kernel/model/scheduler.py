@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmos.kernel.model.sequence import Sequence, SeqStatus
+from llmos.kernel.model.sequence import SeqStatus, Sequence
 
 NICE_MIN, NICE_MAX = -20, 19
 POLICIES = ("rr", "fair", "priority")
@@ -81,7 +81,7 @@ class Scheduler:
 
     def schedule(self) -> list[Scheduled]:
         self._preempt_expired()
-        self._admit()
+        self.admit()
         decoding = [s for s in self.running if s.num_pending <= 1]
         prefill = self._prefill_chunks()
         if prefill and decoding and self.prefill_first and not self._last_prefill_only:
@@ -141,16 +141,21 @@ class Scheduler:
             return min(s.owner.vruntime for s in waiting) < seq.owner.vruntime
         return min(s.owner.nice for s in waiting) <= seq.owner.nice
 
-    def _admit(self) -> None:
+    def admit(self) -> list[Sequence]:
+        """Move waiting sequences of processes not stopped into the batch, by the policy, while
+        it has room; the ones admitted."""
+        admitted = []
         while len(self.running) < self.max_batch:
             candidates = self._runnable_waiting()
             if not candidates:
-                return
+                break
             seq = self._pick(candidates)
             self.waiting.remove(seq)
             seq.status = SeqStatus.RUNNING
             seq.slice_tokens = 0
             self.running.append(seq)
+            admitted.append(seq)
+        return admitted
 
     def _pick(self, candidates: list[Sequence]) -> Sequence:
         if self.policy == "fair":

@@ -1,9 +1,8 @@
 """Mailboxes: messages between processes (ipc.send / ipc.recv).
 
 Each process has a mailbox, a bounded FIFO. `take` removes the oldest message that matches a
-sender and a tag; a receiver that finds none parks on the mailbox's trio ParkingLot and is
-woken by the next send to it (or by any process's exit, since the sender it waits for may be
-the one gone). A waiting receiver costs nothing: nobody polls it.
+sender and a tag. Waiting for one is the kernel's business (`Kernel.receive`: the receiver
+blocks on its wait channel, woken by the next send to it or by an exit); this is the data.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
-
-import trio
 
 MAILBOX_CAPACITY = 1024  # messages waiting per process; a sender beyond it gets EAGAIN
 MAILBOX_BYTES = 4 * 1024 * 1024  # and their bodies' size together, so floods cannot eat memory
@@ -40,7 +37,6 @@ class MailboxFull(Exception):
 class Mailbox:
     messages: deque[Message] = field(default_factory=deque)
     size: int = 0  # bytes waiting
-    waiters: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
 
 
 class Mailboxes:
@@ -65,7 +61,6 @@ class Mailboxes:
             )
         box.messages.append(message)
         box.size += message.size
-        box.waiters.unpark_all()
 
     def take(self, pid: int, sender: int | None = None, tag: str | None = None) -> Message | None:
         box = self.box(pid)
@@ -82,20 +77,11 @@ class Mailboxes:
         box = self.box(message.to)
         box.messages.appendleft(message)
         box.size += message.size
-        box.waiters.unpark_all()
-
-    async def wait(self, pid: int) -> None:
-        """Sleep until something is sent to `pid` or some process exits; the caller looks again."""
-        await self.box(pid).waiters.park()
 
     def pending(self, pid: int) -> int:
         box = self.boxes.get(pid)
         return len(box.messages) if box else 0
 
     def close(self, pid: int) -> None:
-        """`pid` exited: its unread messages are dropped; receivers waiting on it look again."""
-        box = self.boxes.pop(pid, None)
-        if box is not None:
-            box.waiters.unpark_all()
-        for other in self.boxes.values():
-            other.waiters.unpark_all()
+        """`pid` exited: its unread messages are dropped."""
+        self.boxes.pop(pid, None)

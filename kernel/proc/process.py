@@ -1,12 +1,19 @@
 """The process: one running agent program, and the table of all of them (xv6's proc.c).
 
-States, as the shell shows them:
+States, as the shell shows them (llmos.abi.proc.ProcState):
   READY     wants the model and waits for a place in the running batch (new or preempted)
   RUNNING   in the running batch, or executing its own program code
   BLOCKED   inside a syscall that waits on something else (wait, recv, a tool)
   SLEEPING  in `sleep`
   STOPPED   stopped by a signal, until continued
   ZOMBIE    exited; its status waits for the parent's `proc.wait`
+
+This module owns the state, as xv6's proc.c owns p->state: what a process is doing (its
+activity: READY, RUNNING, BLOCKED, SLEEPING or ZOMBIE, and the wait channel) and whether it is
+stopped are changed only by the transitions below, which only the kernel calls (kernel.py, and
+the engine for the batch it runs). STOPPED is not an activity but a hold on top of one: a
+process stopped while it sleeps is STOPPED, its sleep still runs out underneath, and `cont`
+shows what it is doing by then; no copy of "the state before the stop" can go stale.
 """
 
 from __future__ import annotations
@@ -34,8 +41,6 @@ class Process:
     args: list[str]
     nice: int = 0
     priority: int = 0
-    state: ProcState = ProcState.READY
-    wchan: str = ""  # what a BLOCKED/READY process waits on, e.g. "llm", "proc.wait"
     created: float = field(default_factory=time.time)
     ended: float | None = None
     exit_code: int | None = None
@@ -45,10 +50,8 @@ class Process:
     kill_reason: str = "killed"
     kill_code: int = 137  # the exit code a kill gives: 137 killed, 143 terminated, 152 over quota
     session: bool = False  # stands for an external client (shell, daemon client): no task of its own
-    stopped: bool = False  # by a stop signal: no syscall or LLM progress until continued
     exec_pending: bool = False  # restored after a restart, no task yet: `cont` starts its program anew
-    continued: trio.Event = field(default_factory=trio.Event)
-    state_before_stop: ProcState = ProcState.RUNNING
+    continued: trio.Event = field(default_factory=trio.Event)  # set when a stop ends
     # accounting
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -61,10 +64,71 @@ class Process:
     log_count: int = 0  # lines ever written; the journal persists those it has not seen
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     exited: trio.Event = field(default_factory=trio.Event)
+    # the state: read through the properties below, changed only by the transitions
+    _activity: ProcState = field(default=ProcState.READY, repr=False)
+    _wchan: str = field(default="", repr=False)  # what it waits on, e.g. "llm", "proc.wait"
+    _stopped: bool = field(default=False, repr=False)  # by a stop signal: no progress until continued
+
+    @property
+    def state(self) -> ProcState:
+        if self._stopped and self._activity is not ProcState.ZOMBIE:
+            return ProcState.STOPPED
+        return self._activity
+
+    @property
+    def activity(self) -> ProcState:
+        """What it is doing, stopped or not (never STOPPED)."""
+        return self._activity
+
+    @property
+    def wchan(self) -> str:
+        return self._wchan
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     @property
     def alive(self) -> bool:
-        return self.state is not ProcState.ZOMBIE
+        return self._activity is not ProcState.ZOMBIE
+
+    # -- transitions: only the kernel calls these ------------------------------------------
+
+    def set_running(self, wchan: str = "") -> None:
+        """Executing its own code, or (wchan "llm") in the model's running batch."""
+        self._set(ProcState.RUNNING, wchan)
+
+    def set_waiting(self, activity: ProcState, wchan: str) -> None:
+        """READY for the model, BLOCKED in a syscall, or SLEEPING, on `wchan`."""
+        if activity not in (ProcState.READY, ProcState.BLOCKED, ProcState.SLEEPING):
+            raise ValueError(f"{activity.value} is not a way of waiting")
+        self._set(activity, wchan)
+
+    def set_stopped(self) -> bool:
+        """Hold it: no syscall returns and no token is generated until `set_continued`."""
+        if not self.alive or self._stopped:
+            return False
+        self._stopped = True
+        self.continued = trio.Event()
+        return True
+
+    def set_continued(self) -> bool:
+        if not self.alive or not self._stopped:
+            return False
+        self._stopped = False
+        self.continued.set()
+        return True
+
+    def set_zombie(self) -> None:
+        self._activity, self._wchan = ProcState.ZOMBIE, ""
+        if self._stopped:  # nothing is held any more; anyone waiting for a cont may go
+            self._stopped = False
+            self.continued.set()
+
+    def _set(self, activity: ProcState, wchan: str) -> None:
+        if not self.alive:
+            return  # a zombie does nothing any more (a late finally block is no resurrection)
+        self._activity, self._wchan = activity, wchan
 
     def write_log(self, level: str, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")

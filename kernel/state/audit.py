@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,6 +25,7 @@ from llmos.config import data_dir
 MAX_BYTES = 64 * 1024 * 1024
 SHORT_STR = 64  # strings up to this length are logged as they are
 MAX_KEYS = 16
+MAX_COUNTED_NAMES = 512  # distinct syscall names counted; the rest (junk from clients) count as "(other)"
 
 
 def default_path() -> Path:
@@ -35,9 +37,12 @@ class AuditLog:
         self.path = path or default_path()
         self.max_bytes = max_bytes
         self.records = 0
+        self.counts: Counter[tuple[str, str]] = Counter()  # (syscall, result) -> calls, for /metrics
+        self._names: set[str] = set()
         self._file: TextIO | None = None
 
     def record(self, pid: int, syscall: Any, args: Any, result: str, duration: float) -> None:
+        self._count(syscall, result)
         line = json.dumps(
             {
                 "time": round(time.time(), 6),
@@ -57,6 +62,17 @@ class AuditLog:
                 self._rotate()
         except OSError:
             pass  # a full disk must not stop syscalls; the counter shows what was written
+
+    def _count(self, syscall: Any, result: str) -> None:
+        name = syscall if isinstance(syscall, str) and 0 < len(syscall) <= SHORT_STR else "(invalid)"
+        if result == "ENOSYS":
+            name = "(no such syscall)"  # whatever a client made up is not a name worth a series
+        if name not in self._names:
+            if len(self._names) >= MAX_COUNTED_NAMES:
+                name = "(other)"
+            else:
+                self._names.add(name)
+        self.counts[(name, result)] += 1
 
     def close(self) -> None:
         if self._file is not None:

@@ -19,7 +19,7 @@ WATCHER_BUFFER = 4096
 @dataclass
 class Event:
     pid: int
-    kind: str  # "log" | "text" | "spawn" | "exit" | "signal"
+    kind: str  # "log" | "text" | "spawn" | "exit" | "signal" | "kernel" (pid 0: the model loading)
     text: str
     time: float = field(default_factory=time.time)
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmos.kernel.proc.capabilities import Capabilities
 from llmos.kernel.proc.ipc import Message
-from llmos.kernel.proc.process import LOG_LINES, REAPED_KEPT, Process, ProcState
+from llmos.kernel.proc.process import LOG_LINES, REAPED_KEPT, Process
 from llmos.kernel.proc.quota import Quota
 
 if TYPE_CHECKING:
@@ -233,12 +233,13 @@ class Journal:
         proc.log_count = lines[0][0] if lines else 0
         self._logged[proc.pid] = proc.log_count
         if rec["exit_code"] is not None:
-            proc.state, proc.exit_code, proc.exit_reason = ProcState.ZOMBIE, rec["exit_code"], rec["exit_reason"]
+            proc.exit_code, proc.exit_reason = rec["exit_code"], rec["exit_reason"]
             proc.result = json.loads(rec["result"]) if rec["result"] is not None else None
+            proc.set_zombie()
             proc.exited.set()
         else:
-            proc.state, proc.stopped, proc.exec_pending = ProcState.STOPPED, True, True
-            proc.state_before_stop = ProcState.READY
+            proc.exec_pending = True  # no task until `cont` runs its program anew
+            proc.set_stopped()
         return proc
 
     def close(self) -> None:
