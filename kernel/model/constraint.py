@@ -208,15 +208,17 @@ class Constraint:
 
     def _split_forced(self, row: torch.Tensor, forced: bytes) -> None:
         """When the grammar forces the next bytes, forbid the tokens that would split them
-        where the tokenizer never would: a token that is a shorter prefix of the forced bytes
-        than the longest token that is one. The model's text then looks like text it was
+        where the tokenizer would not: a token that is a shorter prefix of the forced bytes
+        than the longest one the grammar allows. The model's text then looks like text it was
         trained on. Without this, SmolLM2 after `"expression":` (forced: ` "`) often picks
         the lone space token, its next choice is then squeezed into a bare quote, and it loses
         its way inside the string."""
-        prefixes = [t for n in range(1, min(len(forced), MAX_TOKEN_BYTES) + 1) if (t := self.token_of.get(forced[:n])) is not None]
-        for token in prefixes[:-1]:
+        candidates = (self.token_of.get(forced[:n]) for n in range(1, min(len(forced), MAX_TOKEN_BYTES) + 1))
+        words = row.tolist()
+        allowed = [t for t in candidates if t is not None and words[t // 32] >> (t % 32) & 1]
+        for token in allowed[:-1]:  # all but the longest the grammar allows
             word, bit = divmod(token, 32)
-            value = int(row[word]) & ~(1 << bit) & 0xFFFFFFFF
+            value = words[word] & ~(1 << bit) & 0xFFFFFFFF
             row[word] = value - (1 << 32) if value >= 1 << 31 else value
 
     def advance(self, token: int) -> bool:
