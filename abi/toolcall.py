@@ -121,8 +121,8 @@ def describe_tools(tools: Iterable[Tool]) -> str:
     lines = []
     for t in tools:
         params = t.parameters or {}
-        props = params.get("properties", {})
-        required = set(params.get("required", []))
+        props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
+        required = set(r for r in params.get("required", []) if isinstance(r, str)) if isinstance(params.get("required"), list) else set()
         args = ", ".join(f"{name}: {_type_of(spec)}{'' if name in required else ' (optional)'}" for name, spec in props.items())
         description = " ".join((t.description or "").split())[:300]
         lines.append(f"- {t.name}({args}): {description}")
@@ -157,12 +157,15 @@ def result_message(tool: str, result: str) -> str:
 
 def example_arguments(schema: dict[str, Any]) -> dict[str, Any]:
     placeholders = {"string": "text", "integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
-    props, required = schema.get("properties", {}), schema.get("required", [])
+    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    required = schema.get("required") if isinstance(schema.get("required"), list) else []
     return {name: placeholders.get(_type_of(props[name]).split(" ")[0], "...") for name in required if name in props}
 
 
-def _type_of(spec: dict[str, Any]) -> str:
-    if "anyOf" in spec:
+def _type_of(spec: Any) -> str:
+    if not isinstance(spec, dict):
+        return "any"
+    if isinstance(spec.get("anyOf"), list):
         return " | ".join(_type_of(s) for s in spec["anyOf"] if s.get("type") != "null") or "any"
     if "enum" in spec:
         return " | ".join(json.dumps(v) for v in spec["enum"])

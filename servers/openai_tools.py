@@ -137,7 +137,7 @@ def translate(
     reply = _reply_format(response_format, guided or {})
     if tool_choice is not None and not tools:
         raise Refusal("tool_choice needs tools", "tool_choice")
-    offered = [Tools(t.function.name, t.function.description, t.function.parameters or {"type": "object", "properties": {}}) for t in tools or []]
+    offered = [Tools(t.function.name, t.function.description, _parameters(i, t.function)) for i, t in enumerate(tools or [])]
     if len({t.name for t in offered}) != len(offered):
         raise Refusal("tools: two functions have the same name", "tools")
     choice = _choice(tool_choice, offered)
@@ -155,6 +155,23 @@ def translate(
     except ValueError as exc:
         raise Refusal(str(exc), "tool_choice") from None
     return Translation(rendered, {"type": "json_schema", "json_schema": schema}, tools=True, answer_is_json=answer is not None)
+
+
+def _parameters(i: int, function: FunctionDef) -> dict[str, Any]:
+    """A function's parameters: a valid JSON schema of an object (none: no arguments)."""
+    import jsonschema
+
+    schema = function.parameters
+    if schema is None:
+        return {"type": "object", "properties": {}}
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "(root)"
+        raise Refusal(f"tools.{i}.function.parameters: invalid JSON schema at {where}: {exc.message}", f"tools.{i}") from None
+    if schema.get("type", "object") != "object":
+        raise Refusal(f"tools.{i}.function.parameters: must describe an object (the arguments), not {schema['type']!r}", f"tools.{i}")
+    return schema
 
 
 def _choice(tool_choice: ToolChoice | None, offered: list[Tools]) -> str:
