@@ -112,7 +112,9 @@ def interpret(obj: Any) -> list[ToolCall] | Answer:
 
 
 def system_prompt(tools: Iterable[Tool], parallel: bool = False) -> str:
-    """The instructions and the tool list a model is shown."""
+    """The instructions and the tool list a model is shown. `parallel` adds the line about
+    several calls in one reply (the reply schema allows them either way; SmolLM2-135M chose
+    the wrong tool more often with that line in its prompt, so callers pass it when asked)."""
     return PROTOCOL.replace("Tools:\n", (PARALLEL if parallel else "") + "Tools:\n") + describe_tools(tools)
 
 

@@ -141,7 +141,8 @@ def translate(
     if len({t.name for t in offered}) != len(offered):
         raise Refusal("tools: two functions have the same name", "tools")
     choice = _choice(tool_choice, offered)
-    rendered = render(messages, offered if choice != "none" else [], parallel=bool(parallel_tool_calls if parallel_tool_calls is not None else True))
+    # The format for several calls is described only when the client asked for them explicitly.
+    rendered = render(messages, offered if choice != "none" else [], parallel=parallel_tool_calls is True)
     if not offered or choice == "none":
         return Translation(rendered, reply, tools=False)
     if reply is not None and reply["type"] not in ("json_object", "json_schema"):

@@ -75,19 +75,19 @@ def test_tool_call_round_trip_whole_and_streamed(real_backend):
 
             def use():
                 c = client(d)
-                first = c.chat.completions.create(model=name, messages=QUESTION, tools=[CALC, WEATHER],
+                first = c.chat.completions.create(model=name, messages=QUESTION, tools=[CALC],
                                                   tool_choice="required", temperature=0, max_tokens=64)  # fmt: skip
                 s_content, s_calls, s_finish = streamed(c.chat.completions.create(
-                    model=name, messages=QUESTION, tools=[CALC, WEATHER], tool_choice="required", temperature=0,
+                    model=name, messages=QUESTION, tools=[CALC], tool_choice="required", temperature=0,
                     max_tokens=64, stream=True))  # fmt: skip
                 call = first.choices[0].message.tool_calls[0]
                 result = str(eval(json.loads(call.function.arguments)["expression"], {}))  # a test's own calculator
                 conversation = [*QUESTION, first.choices[0].message.model_dump(exclude_none=True),
                                 {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"result": result})}]  # fmt: skip
-                answer = c.chat.completions.create(model=name, messages=conversation, tools=[CALC, WEATHER],
+                answer = c.chat.completions.create(model=name, messages=conversation, tools=[CALC],
                                                    temperature=0, max_tokens=64)  # fmt: skip
                 a_content, a_calls, a_finish = streamed(c.chat.completions.create(
-                    model=name, messages=conversation, tools=[CALC, WEATHER], temperature=0, max_tokens=64, stream=True))
+                    model=name, messages=conversation, tools=[CALC], temperature=0, max_tokens=64, stream=True))
                 with c.chat.completions.stream(model=name, messages=QUESTION, tools=[CALC], tool_choice="required",
                                                temperature=0, max_tokens=64) as helper:  # fmt: skip
                     helped = helper.get_final_completion()
