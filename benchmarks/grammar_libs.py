@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             tokens = tokens_of(tokenizer, text)
             for lib in libs:
                 results[lib.name][name].append(measure(lib, kind, spec, tokens))
-    print(f"tokenizer setup: " + ", ".join(f"{k} {v:.0f} ms" for k, v in setup.items()))
+    print("tokenizer setup: " + ", ".join(f"{k} {v:.0f} ms" for k, v in setup.items()))
     print(f"{'case':12} {'library':11} {'compile ms':>10} {'mask b1 us':>10} {'mask b32 us':>11} {'b32 mean us':>11} {'b32 loop us':>11}")
     summary: dict[str, Any] = {"setup_ms": setup, "cases": {}}
     for name, *_ in cases:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmos.abi.toolcall import Tool, example_turns, reply_schema, result_message, system_prompt
+from llmos.abi.toolcall import example_turns, reply_schema, result_message, system_prompt
 
 NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 
