@@ -78,7 +78,7 @@ PERSON = _obj(
     ["name", "age", "address"],
 )
 SENTIMENT = _obj({"sentiment": {"enum": ["positive", "negative", "neutral"]}})
-COLORS_SCHEMA = _obj({"colors": {"type": "array", "items": {"enum": COLORS}, "minItems": 1, "maxItems": 4, "uniqueItems": True}})
+COLORS_SCHEMA = _obj({"colors": {"type": "array", "items": {"enum": COLORS}, "minItems": 1, "maxItems": 4}})  # uniqueItems: llguidance refuses it (EINVAL)
 WEATHER = _obj({
     "temperature_c": {"type": "number", "minimum": -60, "maximum": 60},
     "humidity_pct": {"type": "integer", "minimum": 0, "maximum": 100},
