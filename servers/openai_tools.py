@@ -100,8 +100,8 @@ class ToolCallIn(BaseModel):
 
 
 @dataclass
-class Tools:
-    """A request's tools as the tool-call protocol sees them."""
+class OfferedTool:
+    """A requested function as the tool-call protocol sees it."""
 
     name: str
     description: str
@@ -137,7 +137,7 @@ def translate(
     reply = _reply_format(response_format, guided or {})
     if tool_choice is not None and not tools:
         raise Refusal("tool_choice needs tools", "tool_choice")
-    offered = [Tools(t.function.name, t.function.description, _parameters(i, t.function)) for i, t in enumerate(tools or [])]
+    offered = [OfferedTool(t.function.name, t.function.description, _parameters(i, t.function)) for i, t in enumerate(tools or [])]
     if len({t.name for t in offered}) != len(offered):
         raise Refusal("tools: two functions have the same name", "tools")
     choice = _choice(tool_choice, offered)
@@ -175,7 +175,7 @@ def _parameters(i: int, function: FunctionDef) -> dict[str, Any]:
     return schema
 
 
-def _choice(tool_choice: ToolChoice | None, offered: list[Tools]) -> str:
+def _choice(tool_choice: ToolChoice | None, offered: list[OfferedTool]) -> str:
     if tool_choice is None:
         return "auto"
     if isinstance(tool_choice, NamedToolChoice):
@@ -219,7 +219,7 @@ def _reply_format(fmt: ResponseFormat | None, guided: dict[str, Any]) -> dict[st
     return given[0] if given else None
 
 
-def render(messages: list[Any], tools: list[Tools], parallel: bool = True) -> list[dict[str, str]]:
+def render(messages: list[Any], tools: list[OfferedTool], parallel: bool = True) -> list[dict[str, str]]:
     """The conversation as llm.chat messages (see the module's doc)."""
     out: list[dict[str, str]] = []
     names: dict[str, str] = {}  # tool_call_id -> function name
