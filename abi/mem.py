@@ -19,12 +19,33 @@ class MemChatRequest(ChatRequest):
     remember: bool = Field(default=True, description="false: the turn and the reply are not kept")
 
 
+class Why(BaseModel):
+    """Why a page was recalled: its score parts (kernel/memory/ranking.py)."""
+
+    dense: float  # cosine similarity of its embedding to the query's
+    dense_rank: int | None  # 1 = most similar of the memory's pages
+    lexical: float  # BM25 of its words against the query's (0: no word in common)
+    lexical_rank: int | None
+    time: bool  # said within a period the query names
+    fused: float  # reciprocal rank fusion of the signals
+    neighbour_of: int | None  # recalled as the neighbour of this page
+    score: float  # what it was ranked by
+
+
+class Recalled(BaseModel):
+    page: int
+    paged_in: bool  # it was evicted and came back for this turn
+    why: Why
+
+
 class TurnInfo(BaseModel):
     pages: list[int]  # where the turn's messages went
     reply_pages: list[int]
     faulted: list[int]  # pages paged back in for this turn
     evicted: int  # pages evicted to make room
     prompt_pages: list[int]  # the pages the model saw, in prompt order
+    recalled: list[Recalled] = Field(default_factory=list)  # pages admitted by relevance, best first, and why
+    fault_ms: float = 0.0  # ranking and paging in, before the prompt went to the model
 
 
 class MemChatResponse(ChatResponse):
@@ -36,6 +57,10 @@ class StoreRequest(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
     role: Role = "user"
     pin: bool = False
+    time: float | None = Field(
+        default=None, ge=0, le=32503680000,
+        description="when the message was said, in seconds since the epoch (default now); questions about when use it",
+    )  # fmt: skip
 
 
 class StoreResponse(BaseModel):
@@ -57,6 +82,8 @@ class RecallHit(BaseModel):
     text: str
     score: float
     paged_in: bool
+    time: float  # when it was said
+    why: Why
 
 
 class RecallResponse(BaseModel):
@@ -91,6 +118,8 @@ class PageEntry(BaseModel):
     stored: bool
     last_access: int
     accesses: int
+    time: float  # when its message was said
+    why: Why | None = None  # why it was last recalled, if it was
     preview: str  # only for the memory's owner and sessions
 
 
@@ -115,6 +144,7 @@ class MemStat(BaseModel):
     global_resident_tokens: int  # of all memories
     page_out_p99_ms: float  # per page, over the kernel's recent page-outs
     page_in_p99_ms: float  # per page, over the kernel's recent page faults
+    fault_p99_ms: float = 0.0  # per chat turn: ranking and paging in, before the prompt goes to the model
     entries: list[PageEntry]
 
 

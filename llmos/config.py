@@ -43,9 +43,17 @@ class MemoryConfig:
     budget: int = field(default_factory=lambda: _env_int("LLMOS_MEM_BUDGET", 2048))  # per memory
     global_budget: int = field(default_factory=lambda: _env_int("LLMOS_MEM_GLOBAL_BUDGET", 65536))
     policy: str = field(default_factory=lambda: os.environ.get("LLMOS_MEM_POLICY") or "clock")
-    fault_pages: int = 4  # at most this many pages paged in per turn
-    min_relevance: float = 0.3  # below this a page is not relevant to a turn (hybrid score)
     low_water: float = 0.75  # eviction frees down to this share of a budget
+    # Fault ranking and admission (kernel/memory/ranking.py, turn.py); defaults measured with
+    # `llmos bench memory` (the figures are in docs/ARCHITECTURE.md).
+    recent_share: float = 0.25  # of a turn's room, kept for the newest pages; the rest filled by relevance
+    min_relevance: float = 0.3  # cosine at which a page is relevant to a turn on its own
+    min_lexical: float = 0.5  # BM25, as a share of the best page's, at which a page is relevant on its own
+    dense_weight: float = 1.0  # weights of the signals in reciprocal rank fusion
+    lexical_weight: float = 0.5
+    time_weight: float = 1.0
+    neighbour_share: float = 0.3  # of a relevant page's score, lent to the messages beside it (0: off)
+    neighbour_hits: int = 1  # the best hits whose neighbours (two messages either side) come right after them
     chroma_url: str | None = field(default_factory=lambda: os.environ.get("LLMOS_CHROMA_URL") or None)
     chroma_path: Path | None = None  # the embedded store's folder; default <data dir>/chroma
 

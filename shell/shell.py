@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmos.abi.errors import Errno, SyscallError
-from llmos.abi.mem import MemStat
+from llmos.abi.mem import MemStat, Why
 from llmos.abi.proc import ProcInfo
 from llmos.agents.sdk import Sys
 from llmos.config import KernelConfig, data_dir
@@ -416,18 +416,42 @@ def mem_table(st: MemStat) -> Table | str:
     table = Table(box=None, header_style="bold", title_justify="left", title=(
         f"pid {st.pid}: memory {escape(st.memory)} ({kind}, {st.policy}) — {st.resident_tokens}/{st.budget} tokens "
         f"resident; {st.pages} pages: {st.resident_pages} resident, {st.evicted_pages} evicted, "
-        f"{st.pinned_pages} pinned; {st.faults} faults, {st.page_ins} page ins, {st.page_outs} page outs"
+        f"{st.pinned_pages} pinned; {st.faults} faults, {st.page_ins} page ins, {st.page_outs} page outs; "
+        f"turn fault p99 {st.fault_p99_ms:.1f} ms"
     ))
-    for col in ("PAGE", "POS", "MSG", "ROLE", "TOKENS", "STATE", "FLAGS", "REFS", "LAST", "TEXT"):
+    dated = len({_day(e.time) for e in st.entries}) > 1
+    columns = ("PAGE", "POS", "MSG", "ROLE", "TOKENS", "STATE", "FLAGS", "REFS", "LAST", "SAID", "WHY RECALLED", "TEXT")
+    for col in columns:
         table.add_column(col, justify="right" if col in ("PAGE", "POS", "MSG", "TOKENS", "REFS", "LAST") else "left")
     for e in st.entries:
         state = "[green]resident[/]" if e.state == "resident" else "[dim]evicted[/]"
         flags = " ".join(f for f, on in (("pinned", e.pinned), ("recalled", e.recalled)) if on)
+        said = _day(e.time) if dated else time.strftime("%H:%M", time.localtime(e.time))
         table.add_row(
             str(e.page), str(e.position), str(e.message), e.role, str(e.tokens), state, flags,
-            str(e.accesses), str(e.last_access), escape(e.preview),
+            str(e.accesses), str(e.last_access), said, why_text(e.why), escape(e.preview),
         )
     return table
+
+
+def why_text(why: Why | None) -> str:
+    """A recalled page's score parts, shortest first: dense cosine and rank, BM25 and rank,
+    the period the question named, the hit it neighbours, the fused score."""
+    if why is None:
+        return ""
+    parts = [f"dense {why.dense:.2f}" + (f" #{why.dense_rank}" if why.dense_rank else "")]
+    if why.lexical_rank:
+        parts.append(f"bm25 {why.lexical:.1f} #{why.lexical_rank}")
+    if why.time:
+        parts.append("in period")
+    if why.neighbour_of is not None:
+        parts.append(f"next to {why.neighbour_of}")
+    parts.append(f"= {why.score:.4f}")
+    return ", ".join(parts)
+
+
+def _day(t: float) -> str:
+    return time.strftime("%Y-%m-%d", time.localtime(t))
 
 
 def _ints(args: list[str], n: int) -> list[int]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-import trio
-
 from llmos.abi import Empty
 from llmos.abi.errors import Errno, SyscallError
 from llmos.abi.llm import Message
@@ -27,6 +25,7 @@ from llmos.abi.mem import (
     PageEntry,
     PagesRequest,
     PagesResponse,
+    Recalled,
     RecallHit,
     RecallRequest,
     RecallResponse,
@@ -35,9 +34,11 @@ from llmos.abi.mem import (
     StoreResponse,
     SyncResponse,
     TurnInfo,
+    Why,
 )
 from llmos.kernel.memory.manager import MemoryBusy, NoSuchPage, OverBudget, p99
 from llmos.kernel.memory.pagetable import Page, PageTable
+from llmos.kernel.memory.ranking import Score
 from llmos.kernel.memory.vectorstore import VectorStoreUnavailable
 from llmos.syscalls import llm
 from llmos.syscalls.proc import target_process
@@ -74,37 +75,47 @@ def enforce_page_quota(call: Call) -> None:
 
 @syscall("mem.chat")
 async def chat(call: Call, req: MemChatRequest) -> MemChatResponse:
+    """The kernel's memory opens the turn (stores it, admits what it needs, builds the prompt),
+    the model answers, and the turn ends (the reply stored, or the turn forgotten)."""
     memory, proc = call.kernel.memory, call.proc
-    if proc.wchan == "llm" or proc.pid in memory.chatting:
+    if proc.wchan == "llm":
         raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
-    memory.chatting.add(proc.pid)
+    with memory_errors():
+        turn = await memory.begin_turn(proc.pid, [m.model_dump() for m in req.messages], remember=req.remember)
     try:
-        with memory_errors():
-            turn = await memory.begin_turn(proc.pid, [m.model_dump() for m in req.messages])
         enforce_page_quota(call)
         proc.write_log("mem", f"turn: pages {turn.pages}, paged in {turn.faulted}, evicted {turn.evicted}")
         prompt = [Message.model_construct(**m) for m in turn.prompt]
-        try:
-            response = await llm.chat(call, req.model_copy(update={"messages": prompt}))
-        finally:
-            if not req.remember:
-                with trio.CancelScope(shield=True):  # even a killed process leaves nothing behind
-                    await memory.forget(proc.pid, turn.pages)
-        reply: list[Page] = []
-        if req.remember:
-            with memory_errors():
-                reply = await memory.add_reply(proc.pid, response.content)
-            enforce_page_quota(call)
-    finally:
-        memory.chatting.discard(proc.pid)
+        response = await llm.chat(call, req.model_copy(update={"messages": prompt}))
+    except BaseException:
+        await memory.end_turn(proc.pid, None)  # shielded where it must forget
+        raise
+    with memory_errors():
+        reply = await memory.end_turn(proc.pid, response.content)
+    enforce_page_quota(call)
     info = TurnInfo(
         pages=turn.pages,
         reply_pages=[p.number for p in reply],
         faulted=turn.faulted,
         evicted=turn.evicted,
         prompt_pages=turn.prompt_pages,
+        recalled=[Recalled(page=r.page.number, paged_in=r.paged_in, why=why(r.why)) for r in turn.recalled],
+        fault_ms=round(turn.fault_ms, 3),
     )
     return MemChatResponse(**response.model_dump(), memory=info)
+
+
+def why(score: Score) -> Why:
+    return Why(
+        dense=round(score.dense, 4),
+        dense_rank=score.dense_rank,
+        lexical=round(score.lexical, 4),
+        lexical_rank=score.lexical_rank,
+        time=score.time,
+        fused=round(score.fused, 5),
+        neighbour_of=score.neighbour_of,
+        score=round(score.score, 5),
+    )
 
 
 # -- store, recall, pin, unpin -------------------------------------------------------------
@@ -113,7 +124,7 @@ async def chat(call: Call, req: MemChatRequest) -> MemChatResponse:
 @syscall("mem.store")
 async def store(call: Call, req: StoreRequest) -> StoreResponse:
     with memory_errors():
-        pages, evicted = await call.kernel.memory.store(call.proc.pid, req.role, req.text, req.pin)
+        pages, evicted = await call.kernel.memory.store(call.proc.pid, req.role, req.text, req.pin, req.time)
     enforce_page_quota(call)
     return StoreResponse(pages=[p.number for p in pages], tokens=sum(p.tokens for p in pages), evicted=evicted)
 
@@ -124,7 +135,13 @@ async def recall(call: Call, req: RecallRequest) -> RecallResponse:
         hits = await call.kernel.memory.recall(call.proc.pid, req.query, req.k, req.page_in)
     enforce_page_quota(call)
     return RecallResponse(
-        hits=[RecallHit(page=h.page.number, role=h.page.role, text=h.text, score=round(h.score, 4), paged_in=h.paged_in) for h in hits]
+        hits=[
+            RecallHit(
+                page=h.page.number, role=h.page.role, text=h.text, score=round(h.score, 5), paged_in=h.paged_in,
+                time=h.page.time, why=why(h.why),
+            )
+            for h in hits
+        ]
     )
 
 
@@ -177,6 +194,7 @@ async def stat(call: Call, req: StatRequest) -> MemStat:
         global_resident_tokens=memory.resident_tokens(),
         page_out_p99_ms=round(p99(memory.latency.page_out), 3),
         page_in_p99_ms=round(p99(memory.latency.page_in), 3),
+        fault_p99_ms=round(p99(memory.latency.fault), 3),
         entries=[_entry(p, reveal) for p in pages] if req.pages else [],
     )
 
@@ -195,6 +213,8 @@ def _entry(page: Page, reveal: bool) -> PageEntry:
         stored=page.stored,
         last_access=page.last_access,
         accesses=page.accesses,
+        time=page.time,
+        why=why(page.why) if page.why is not None and reveal else None,
         preview=preview.replace("\n", " "),
     )
 

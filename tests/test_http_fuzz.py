@@ -44,6 +44,7 @@ def test_schemathesis_against_the_openapi_document(tiny_backend, tmp_path):
              "--workers", "1", "--phases", "coverage,fuzzing", "--request-timeout", "120", "--max-response-time", "120", "--no-shrink", "--max-failures", "5",
              "--exclude-path-regex", "^/api/(syscalls|live)", "--output-truncate", "false"],
             capture_output=True, text=True, timeout=600, env=dict(os.environ, NO_COLOR="1", SCHEMATHESIS_TELEMETRY="false"),
+            cwd=tmp_path,  # its cache folder goes there, not into the checkout
         )
         alive = daemon.proc.poll() is None
     finally:

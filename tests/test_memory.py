@@ -59,7 +59,7 @@ async def fill(sh, n: int) -> None:
 
 
 def pages(n: int) -> list[Page]:
-    return [Page("m", i, i * 10, i, "user", 10, f"page {i}", None) for i in range(n)]
+    return [Page("m", i, i * 10, i, "user", 10, f"page {i}") for i in range(n)]
 
 
 def test_lru_evicts_least_recently_referenced():
@@ -137,7 +137,9 @@ def test_fault_pages_an_early_fact_back_into_the_prompt(tiny_backend, tmp_path):
     assert unremembered.pages == after.pages and unremembered.total_tokens == after.total_tokens
     assert next(e for e in before.entries if e.page == fact[0]).state == "evicted"
     assert fact[0] in reply.memory.faulted and fact[0] in reply.memory.prompt_pages
-    assert RECALLED + FACT in prompt
+    why = next(r for r in reply.memory.recalled if r.page == fact[0])  # mem.chat says why it came back
+    assert why.paged_in and why.why.dense > 0.3 and why.why.lexical_rank == 1 and why.why.score > 0
+    assert RECALLED in prompt and "] " + FACT in prompt
     entry = next(e for e in after.entries if e.page == fact[0])
     assert entry.state == "resident" and entry.recalled and after.faults >= 1
     tokens = {e.page: e.tokens for e in after.entries}
@@ -154,6 +156,7 @@ def test_recall_finds_evicted_pages_and_pages_them_in(tiny_backend, tmp_path):
 
     fact, hits, peek, st = run(tiny_backend, body, tmp_path, page_tokens=64, budget=96)
     assert hits[0].page == fact[0] and hits[0].text == FACT and hits[0].paged_in
+    assert hits[0].why.dense_rank == 1 and hits[0].why.lexical > 0 and hits[0].score == hits[0].why.score
     assert next(e for e in st.entries if e.page == fact[0]).state == "resident"
     assert "bakery" in peek[0].text
 
@@ -175,11 +178,11 @@ def test_a_forgotten_turn_leaves_nothing_in_the_store(tiny_backend, tmp_path):
         other = local_handle(kernel, kernel.session("other"))
         memory = kernel.memory
         await fill(sh, 2)
-        turn = await memory.begin_turn(sh.pid, [{"role": "user", "content": "A question not to keep."}])
+        turn = await memory.begin_turn(sh.pid, [{"role": "user", "content": "A question not to keep."}], remember=False)
         await fill(other, 6)  # the global budget evicts sh's pages, writing its turn along
         table = memory.table(sh.pid)
         written = [n for n in turn.pages if table.pages[n].stored]
-        await memory.forget(sh.pid, turn.pages)
+        await memory.end_turn(sh.pid, "a reply not to keep either")
         return written, turn.pages, {e.number for e in memory.swap.catalog(table.name)}
 
     written, pages, stored = run(tiny_backend, body, tmp_path, page_tokens=64, global_budget=60, policy="lru")
@@ -207,7 +210,11 @@ def test_kv_is_rebuilt_from_the_first_changed_page(tiny_backend, tmp_path):
     # where the reply's text, tokenized again inside the chat template, merges differently)
     assert second.usage.cached_tokens == common_prefix(kv1, prompts[1]) >= len(prompts[0]) - 2
     # the oldest pages after the pinned system prompt left: reuse ends at that change, not at zero
-    system_prefix = common_prefix(tiny_backend.encode_chat([{"role": "system", "content": SYSTEM}]), prompts[2])
+    system = {"role": "system", "content": SYSTEM}
+    system_prefix = common_prefix(  # the system message, whatever role comes after it
+        tiny_backend.encode_chat([system, {"role": "user", "content": "."}]),
+        tiny_backend.encode_chat([system, {"role": "assistant", "content": "."}]),
+    )
     assert third.usage.cached_tokens == common_prefix(kv2, prompts[2])
     assert system_prefix <= third.usage.cached_tokens < len(prompts[0]) < len(prompts[2])
     assert system_prefix > 5
@@ -431,7 +438,9 @@ def test_shell_mem_shows_the_page_table(tiny_backend, tmp_path):
     async def body(kernel, sh):
         await sh.mem.store(SYSTEM, role="system", pin=True)
         await fill(sh, 6)
-        console = Console(record=True, width=160)
+        await sh.call("mem.store", text="Maria adopted a beagle named Biscuit.", time=1683540000.0)  # 8 May 2023
+        await sh.mem.recall("Biscuit the beagle", k=1)
+        console = Console(record=True, width=220)
         shell = Shell(sh, console)
         await shell.execute(f"mem {sh.pid}")
         await shell.execute("mem")
@@ -440,7 +449,8 @@ def test_shell_mem_shows_the_page_table(tiny_backend, tmp_path):
 
     out = run(tiny_backend, body, tmp_path, page_tokens=64, budget=64)
     assert "PAGE" in out and "resident" in out and "evicted" in out and "pinned" in out
-    assert "page outs" in out
+    assert "page outs" in out and "turn fault p99" in out
+    assert "WHY RECALLED" in out and "dense 0." in out and "bm25" in out and "2023-05-08" in out
     assert "usage: mem PID" in out and "ESRCH" in out
 
 

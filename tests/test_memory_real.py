@@ -44,7 +44,7 @@ def test_real_model_answers_from_a_paged_in_fact(real_backend, tmp_path):
     fact, before, reply, prompt = run(real_backend, body, tmp_path, page_tokens=64, budget=120)
     assert next(e for e in before.entries if e.page == fact[0]).state == "evicted"
     assert fact[0] in reply.memory.faulted
-    assert RECALLED + FACT in prompt
+    assert RECALLED in prompt and "] " + FACT in prompt
     assert "cello" in reply.content.lower(), reply.content  # the 135M model manages this one
 
 
@@ -70,18 +70,28 @@ def test_real_model_kv_rebuilt_from_first_changed_page(real_backend, tmp_path):
 def test_benchmark_short_run(real_backend, tmp_path):
     out = tmp_path / "bench.json"
     args = bench_memory.build_parser().parse_args(
-        ["--facts", "30", "--filler", "1", "--questions", "2", "--max-tokens", "8", "--json", str(out)]
+        ["--facts", "30", "--filler", "1", "--questions", "2", "--max-tokens", "8", "--json", str(out),
+         "--conversations", "1", "--sessions", "6", "--shares", "0.1", "--answers", "1", "--variants", "kernel,dense-only"]
     )
-    console = Console(record=True, width=120)
+    console = Console(record=True, width=200)
     report = trio.run(bench_memory.bench, args, console, real_backend)
-    console.print(bench_memory.render(report))
+    for table in bench_memory.render(report):
+        console.print(table)
     text = console.export_text()
-    assert "residency recall" in text and "sliding window" in text
-    paged, window = report["paged"], report["window"]
-    assert report["config"]["budget_tokens"] <= max(128, 0.1 * report["config"]["history_tokens"])
+    assert "residency recall" in text and "sliding window" in text and "evidence recall" in text and "dense" in text
+    facts = report["facts"]
+    paged, window = facts["paged"], facts["window"]
+    assert facts["config"]["budget_tokens"] <= max(128, 0.1 * facts["config"]["history_tokens"])
     assert len(paged["answers"]) == len(window["answers"]) == 2
     assert paged["page_outs"] > 0 and paged["faults"] > 0
     assert paged["residency_recall"] >= 0.5 > window["residency_recall"]
+    row = report["dialogue"]["shares"]["0.10"]
+    questions = report["dialogue"]["config"]["questions"]
+    for name in ("kernel", "dense-only", "dense"):
+        assert row[name]["questions"] == questions > 5 and 0 < row[name]["evidence_recall"] <= 1
+        assert row[name]["answer_accuracy"] is not None  # one question per conversation answered by the model
+    assert row["kernel"]["fault_p99_ms"] > 0 and row["kernel"]["page_out_p99_ms"] > 0
+    assert [label for label, _ in bench_memory.targets(report)]
 
 
 def test_remember_example_continues_across_kernel_restarts(tmp_path):

@@ -2,9 +2,11 @@
 
 A memory is everything a process has said and heard, in order, cut into pages of at most
 `page_tokens` tokens. A page never spans two messages, so a page put back into a prompt is
-still part of one well-formed chat message. A page is resident (its text goes into the
-prompt) or evicted (its text lives only in the vector store, see swap.py). Pinned pages never
-leave.
+still part of one well-formed chat message, and cuts fall between utterances (lines) and
+sentences where they can, so a recalled page is a whole thought. A page is resident (its text
+goes into the prompt) or evicted (its text lives only in the vector store, see swap.py).
+Pinned pages never leave. Every page, resident or not, is in its memory's search index
+(index.py).
 
 Replacement policies see references, as a CPU's reference bits do. A page is referenced when
 it is created, paged in, recalled, or relevant to the current turn; being in the prompt is not
@@ -17,32 +19,46 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from llmos.kernel.memory.index import Index
+
+if TYPE_CHECKING:
+    from llmos.kernel.memory.ranking import Score
 
 LRU_K = 2  # LRU-K looks at the K-th most recent reference (O'Neil et al.: K=2 does most of the good)
 _WORDS = re.compile(r"\s*\S+|\s+")  # words with the whitespace before them, as BPE tokenizers see them
+_LINES = re.compile(r"[^\n]*\n+|[^\n]+")  # utterances of a transcript, each with its line break
+_SENTENCES = re.compile(r".*?(?:[.!?]+[\"')\]]*\s+|$)", re.S)  # sentences with the space after them
 
 
 def cut(text: str, page_tokens: int, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]) -> list[tuple[str, int]]:
     """Cut one message into pages of at most `page_tokens` tokens: (text, tokens) each.
-    Cuts fall between words, so the pages concatenate back to the message exactly; only a
-    single word longer than a page is cut inside."""
+    Cuts fall between lines where they can, else between sentences, else between words, so
+    the pages concatenate back to the message exactly and a page holds whole utterances;
+    only a single word longer than a page is cut inside."""
     if not text:
         return []
     total = len(encode(text))
     if total <= page_tokens:
         return [(text, total)]
+    pieces = [text]
+    for pattern in (_LINES, _SENTENCES, _WORDS):  # finer and finer, only where still too long
+        finer: list[str] = []
+        for piece in pieces:
+            finer += [piece] if len(encode(piece)) <= page_tokens else [s for s in pattern.findall(piece) if s]
+        pieces = finer
     pages: list[tuple[str, int]] = []
     current, count = "", 0
-    for word in _WORDS.findall(text):
-        n = len(encode(word))
+    for piece in pieces:
+        n = len(encode(piece))
         if count + n > page_tokens and current:
             pages.append((current, len(encode(current))))
             current, count = "", 0
         if n > page_tokens:
-            pages.extend(_cut_word(word, page_tokens, encode, decode))
+            pages.extend(_cut_word(piece, page_tokens, encode, decode))
             continue
-        current += word
+        current += piece
         count += n
     if current:
         pages.append((current, len(encode(current))))
@@ -80,20 +96,24 @@ class Page:
     role: str
     tokens: int
     text: str | None  # None while evicted: the text lives in the vector store only
-    vector: list[float] | None  # its embedding; None while evicted
     pinned: bool = False
     resident: bool = True
     recalled: bool = False  # paged back in: the prompt marks it as recalled memory
     stored: bool = False  # the store holds an up-to-date copy, so evicting it writes nothing
     created: float = field(default_factory=time.time)
+    time: float = 0.0  # when its message was said (default: when it was stored)
     last_access: int = 0  # logical time of its latest reference
     accesses: int = 0
     history: deque[int] = field(default_factory=lambda: deque(maxlen=LRU_K))
     referenced: bool = False  # CLOCK's reference bit
+    why: Score | None = None  # why a turn or a recall last admitted it by relevance
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.memory, self.number)
+
+    def __post_init__(self) -> None:
+        self.time = self.time or self.created
 
     def touch(self, now: int) -> None:
         self.last_access = now
@@ -116,31 +136,39 @@ class PageTable:
         self.faults = 0  # pages paged back in because a turn needed them
         self.page_ins = 0  # all pages brought back in (faults, recall, pin)
         self.page_outs = 0  # pages evicted
+        self.index = Index()  # every page's embedding and words, for ranking
 
-    def add(self, role: str, texts: list[str], counts: list[int], vectors: list[list[float]], pinned: bool) -> list[Page]:
+    def add(
+        self, role: str, texts: list[str], counts: list[int], vectors: list[list[float]], pinned: bool, said: float | None = None
+    ) -> list[Page]:
         """One message, already cut into pages, appended at the end of the history."""
         message = self.next_message
         self.next_message += 1
         added = []
         for text, tokens, vector in zip(texts, counts, vectors):
-            page = Page(self.name, self.next_number, self.next_position, message, role, tokens, text, vector, pinned)
+            page = Page(self.name, self.next_number, self.next_position, message, role, tokens, text, pinned)
+            if said is not None:
+                page.time = said
             self.pages[page.number] = page
+            self.index.add(page.number, text, vector, page.time)
             self.next_number += 1
             self.next_position += tokens
             added.append(page)
         return added
 
     def remove(self, pages: list[Page]) -> None:
-        """Forget pages that were never acknowledged (their store failed)."""
+        """Forget pages (a turn not to be remembered, or one whose store failed)."""
         for page in pages:
             self.pages.pop(page.number, None)
+        self.index.remove([p.number for p in pages])
         self.next_number = max(self.pages, default=-1) + 1
         self.next_message = max((p.message for p in self.pages.values()), default=-1) + 1
         self.next_position = max((p.position + p.tokens for p in self.pages.values()), default=0)
 
-    def restore(self, page: Page) -> None:
+    def restore(self, page: Page, text: str, vector: list[float]) -> None:
         """Re-enter a page found in the store (a memory attached after a restart)."""
         self.pages[page.number] = page
+        self.index.add(page.number, text, vector, page.time)
         self.next_number = max(self.next_number, page.number + 1)
         self.next_message = max(self.next_message, page.message + 1)
         self.next_position = max(self.next_position, page.position + page.tokens)

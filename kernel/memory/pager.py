@@ -1,0 +1,154 @@
+"""Eviction, page-out and page-in: keeping every memory within its budgets.
+
+Budgets are in resident tokens: one per memory and one across all of them. When either is
+exceeded, unpinned pages are evicted by the replacement policy (pagetable.py) down to a
+low-water mark, so that eviction, and with it a changed prompt, comes in bursts rather than
+at every turn. A page is written to the store (swap.py) before it leaves: a page that cannot
+be written stays. Page-out writes the victims together with the next dirty pages in line (one
+store write has a fixed cost, each extra page adds little), so their eviction then writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import trio
+
+from llmos.config import MemoryConfig
+from llmos.kernel.memory.pagetable import Page, PageTable, Policy
+from llmos.kernel.memory.stats import Latencies
+from llmos.kernel.memory.swap import Stored, Swap
+
+PAGE_CLUSTER = 8  # pages written together at a page-out (victims first, then the next in line)
+
+
+class Pager:
+    def __init__(
+        self,
+        config: MemoryConfig,
+        policy: Policy,
+        swap: Callable[[], Swap],
+        tables: dict[str, PageTable],
+        holder: dict[str, int],
+        latency: Latencies,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self._swap = swap  # the store, opened on first need
+        self.tables = tables  # every memory, by name (registry.py owns them)
+        self.holder = holder
+        self.latency = latency
+        self.clock = 0  # logical time of references
+
+    @property
+    def swap(self) -> Swap:
+        return self._swap()
+
+    async def open_store(self) -> None:
+        """Open the store apart, so that its one-time start is not counted as paging."""
+        if not self.swap.opened:
+            await trio.to_thread.run_sync(self.swap.collection)
+
+    def touch(self, page: Page) -> None:
+        self.clock += 1
+        page.touch(self.clock)
+
+    def resident_tokens(self) -> int:
+        return sum(t.resident_tokens for t in self.tables.values())
+
+    # -- eviction ------------------------------------------------------------------------
+
+    async def enforce(self, table: PageTable, protect: set[int], fresh: set[int] | None = None) -> int:
+        """Evict until the memory and all memories together are within budget; returns how
+        many pages left. `protect` pages (of `table`) stay; `fresh` ones (this operation's,
+        default: `protect`) are not written along."""
+        fresh = protect if fresh is None else fresh
+        low = self.config.low_water
+        evicted = 0
+        if table.resident_tokens > table.budget:
+            need = table.resident_tokens - int(table.budget * low)
+            candidates = [p for p in table.resident() if not p.pinned and p.number not in protect]
+            evicted += await self._evict(candidates, need, table, fresh)
+        total = self.resident_tokens()
+        if total > self.config.global_budget:
+            need = total - int(self.config.global_budget * low)
+            candidates = [
+                p
+                for t in self.tables.values()
+                for p in t.resident()
+                if not p.pinned and not (t is table and p.number in protect)
+            ]
+            evicted += await self._evict(candidates, need, table, fresh)
+        return evicted
+
+    async def _evict(self, candidates: list[Page], need: int, table: PageTable, fresh: set[int]) -> int:
+        victims = self.policy.victims(candidates, need)
+        await self._page_out(victims, table, fresh)
+        return len(victims)
+
+    async def _page_out(self, victims: list[Page], table: PageTable, fresh: set[int]) -> None:
+        """Write what the store lacks, memory by memory; only a written page leaves. The
+        operation's own new pages (`fresh`, in `table`) are not written along: if the
+        operation fails they are forgotten, and the store must not keep them."""
+        by_memory: dict[str, list[Page]] = {}
+        for page in victims:
+            by_memory.setdefault(page.memory, []).append(page)
+        for name, pages in by_memory.items():
+            owned = self.tables[name]
+            dirty = [p for p in pages if not p.stored]
+            if dirty:
+                skip = {p.number for p in pages} | (fresh if owned is table else set())
+                dirty += _cluster(owned, skip, PAGE_CLUSTER - len(dirty))
+            await self.write(owned, dirty, measure=True)
+            for page in pages:
+                drop_text(page)
+                owned.page_outs += 1
+
+    async def write(self, table: PageTable, pages: list[Page], measure: bool = False) -> None:
+        if not pages:
+            return
+        await self.open_store()
+        vectors = [table.index.vector(p.number) for p in pages]
+        started = time.perf_counter()
+        await trio.to_thread.run_sync(self.swap.write, table.name, self.holder.get(table.name, 0), pages, vectors)
+        if measure:
+            per_page = (time.perf_counter() - started) * 1000 / len(pages)
+            self.latency.page_out.extend([per_page] * len(pages))
+        for page in pages:
+            page.stored = True
+
+    # -- page-in -------------------------------------------------------------------------
+
+    async def page_in(self, table: PageTable, pages: list[Page], recalled: bool = True) -> None:
+        """Read evicted pages back into RAM, in their original place. On failure nothing changed."""
+        if not pages:
+            return
+        await self.open_store()
+        started = time.perf_counter()
+        found = await trio.to_thread.run_sync(self.swap.read, table.name, [p.number for p in pages])
+        for stored in found:
+            self._resident(table, table.pages[stored.number], stored, recalled)
+        per_page = (time.perf_counter() - started) * 1000 / len(pages)
+        self.latency.page_in.extend([per_page] * len(pages))
+
+    def _resident(self, table: PageTable, page: Page, stored: Stored, recalled: bool) -> None:
+        page.text, page.resident, page.recalled = stored.text, True, recalled
+        table.page_ins += 1
+        self.touch(page)
+
+
+def _cluster(table: PageTable, skip: set[int], room: int) -> list[Page]:
+    """Dirty pages written along with the victims, oldest first: they are the likeliest next
+    victims, and one store write of several pages costs little more than one of a single page
+    (Linux clusters swap writes for the same reason). Their eviction then writes nothing."""
+    if room <= 0:
+        return []
+    return [p for p in table.resident() if not p.stored and not p.pinned and p.number not in skip][:room]
+
+
+def drop_text(page: Page) -> None:
+    """The page leaves RAM (the store has it): its text goes, its index entry stays."""
+    page.text = None
+    page.resident, page.recalled = False, False
