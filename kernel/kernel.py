@@ -304,16 +304,17 @@ class Kernel:
         messages: list[dict[str, str]],
         params: SamplingParams,
         on_text: Callable[[str], Awaitable[None]] | None = None,
+        constraint: Any = None,
     ) -> Request:
         """A completion for `proc` from the shared model, scheduled with everyone else's; its
-        text goes to `on_text` as it is generated. The token quota is enforced on every token:
+        text goes to `on_text` as it is generated, held to `constraint` (engine.constrain's). The token quota is enforced on every token:
         at most one token past the limit is generated (the one that kills), and a prompt alone
         over it is never generated. Errors: EBUSY (a chat already in progress), E2BIG (longer
         than the context), EKILLED (over quota, or killed meanwhile), EIO (the model failed)."""
         if proc.wchan == "llm":
             raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
         try:
-            request = self.engine.submit_chat(proc, messages, params)
+            request = self.engine.submit_chat(proc, messages, params, constraint)
         except ContextTooLong as exc:
             raise SyscallError(Errno.E2BIG, str(exc)) from None
         try:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import cached_property
 from types import SimpleNamespace
 from typing import Any
 
 from llmos.kernel.model import modelstore
 from llmos.kernel.model.backend import Backend, _eos_ids
+from llmos.kernel.model.constraint import Grammars
 from llmos.kernel.model.kvcache import KVShape
 from llmos.kernel.model.loader import engine_for
 
@@ -49,6 +51,7 @@ class LazyBackend:
         if window and getattr(cfg, "use_sliding_window", True):
             self.max_context = min(self.max_context, int(window))  # as Backend does: see backend.py
         self.eos_ids = frozenset(_eos_ids(SimpleNamespace(generation_config=generation, config=cfg), tokenizer))
+        self.vocab_size = int(cfg.vocab_size)  # the width of the logits, so of constraint masks
         self.load_seconds: float | None = None
         self.error: str | None = None
         self._real: Backend | None = None
@@ -113,6 +116,11 @@ class LazyBackend:
 
     def decode(self, ids: list[int]) -> str:
         return self._real.decode(ids) if self._real is not None else Backend.decode(self, ids)  # type: ignore[arg-type]
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """Constraints compile from the tokenizer alone: no need to wait for the weights."""
+        return Grammars(self.tokenizer, self.vocab_size, self.eos_ids)
 
     def __getattr__(self, name: str) -> Any:
         # Only for what this class does not have itself: the weights' side (plan, run, model, ...).

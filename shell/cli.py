@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_args(daemon)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["sched", "syscalls", "memory", "isolation"], help="which benchmark")
+    bench.add_argument("which", choices=["sched", "syscalls", "memory", "isolation", "structured"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             from llmos.benchmarks import memory
 
             return memory.main(args.rest)
+        if args.which == "structured":
+            from llmos.benchmarks import structured
+
+            return structured.main(args.rest)
         if args.which == "syscalls":
             from llmos.benchmarks import syscalls
 

@@ -9,11 +9,13 @@ calls `step` once per scheduling round, and sequences join and leave between cal
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 
 from llmos.kernel.model import attention, llama
+from llmos.kernel.model.constraint import Grammars
 from llmos.kernel.model.kvcache import DecodeSlab, KVShape, SequenceKV
 from llmos.kernel.model.llama import LlamaRunner
 
@@ -102,6 +104,11 @@ class Backend:
 
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.shape)
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """Constraint compiler for this model's tokenizer; masks are as wide as its logits."""
+        return Grammars(self.tokenizer, int(self.model.config.vocab_size), self.eos_ids)
 
     # -- the batched step --------------------------------------------------------------
 

@@ -21,10 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Protocol
 
+import torch
 import trio
 
 from llmos.abi.proc import ProcState
 from llmos.kernel.model.backend import Backend, StepPlan, WorkItem
+from llmos.kernel.model.constraint import Constraint, ConstraintSpec, apply_masks
 from llmos.kernel.model.kvcache import KVPool
 from llmos.kernel.model.sampling import SamplingParams, sample
 from llmos.kernel.model.scheduler import Scheduled, Scheduler
@@ -64,6 +66,10 @@ class EngineStats:
     tokens_prefilled: int = 0
     busy_time: float = 0.0  # seconds inside forward passes
     failed_steps: int = 0  # forward passes that raised; their requests failed with EIO
+    mask_time: float = 0.0  # seconds computing, applying and advancing constraints (in busy_time)
+    masked_rows: int = 0  # next tokens chosen under a constraint
+    masked_steps: int = 0  # steps that chose at least one token under a constraint
+    masked_step_time: float = 0.0  # seconds of those steps (masking's share: mask_time / this)
     batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
     prefix_hits: int = 0  # requests whose prompt began with KV already computed (retained or shared)
     cached_tokens: int = 0  # prompt tokens those requests did not prefill
@@ -135,8 +141,16 @@ class Engine:
         self._last_token_at: dict[int, float] = {}  # id(request) -> when its latest token came
         self.recorded: list[tuple[Any, SamplingParams]] | None = None  # a list: every request is kept there
 
-    def submit_chat(self, proc: Process, messages: list[dict[str, str]], params: SamplingParams) -> Request:
-        """Queue a chat completion for `proc` (which is READY on "llm" until it is in the batch)."""
+    async def constrain(self, spec: ConstraintSpec) -> Any:
+        """What submit_chat takes as `constraint` for a response format (compiled, or checked
+        and passed on); InvalidConstraint says what is wrong with it."""
+        raise NotImplementedError
+
+    def submit_chat(
+        self, proc: Process, messages: list[dict[str, str]], params: SamplingParams, constraint: Any = None
+    ) -> Request:
+        """Queue a chat completion for `proc` (which is READY on "llm" until it is in the batch),
+        its reply held to `constraint` (from `constrain`) if given."""
         raise NotImplementedError
 
     async def run(self) -> None:
@@ -233,11 +247,20 @@ class BatchEngine(Engine):
 
     # -- the process side ---------------------------------------------------------------
 
-    def submit_chat(self, proc: Process, messages: list[dict[str, str]], params: SamplingParams) -> Sequence:
-        """Queue a chat completion: the messages go through the model's chat template."""
-        return self.submit(proc, self.backend.encode_chat(messages), params)
+    async def constrain(self, spec: ConstraintSpec) -> Constraint:
+        """Compile a constraint for a request (in a worker thread: a schema takes milliseconds,
+        the tokenizer's tables a second the first time). InvalidConstraint says what is wrong."""
+        return await trio.to_thread.run_sync(self.backend.grammars.compile, spec)
 
-    def submit(self, proc: Process, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+    def submit_chat(
+        self, proc: Process, messages: list[dict[str, str]], params: SamplingParams, constraint: Constraint | None = None
+    ) -> Sequence:
+        """Queue a chat completion: the messages go through the model's chat template."""
+        return self.submit(proc, self.backend.encode_chat(messages), params, constraint)
+
+    def submit(
+        self, proc: Process, prompt_ids: list[int], params: SamplingParams, constraint: Constraint | None = None
+    ) -> Sequence:
         """Queue one completion for `proc`. Whatever prefix of the prompt the process's retained
         KV cache already holds is reused, not prefilled again."""
         room = self.backend.max_context - len(prompt_ids)
@@ -256,6 +279,7 @@ class BatchEngine(Engine):
         proc.prompt_tokens += len(prompt_ids)
         seq = Sequence(proc, prompt_ids, params, kv, self.backend.decode, self.backend.eos_ids)
         seq.cached_tokens = kv.length
+        seq.constraint = constraint
         if kv.length:
             self.stats.prefix_hits += 1
             self.stats.cached_tokens += kv.length
@@ -305,15 +329,33 @@ class BatchEngine(Engine):
 
     def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
         logits = self.backend.run(layout)
-        tokens: list[int | None] = []
-        row = 0
-        for s in plan:
-            if s.want_logits:
-                tokens.append(sample(logits[row], s.seq.params, s.seq.generator))
-                row += 1
-            else:
-                tokens.append(None)
-        return tokens
+        sampled = [s.seq for s in plan if s.want_logits]
+        constrained = [(row, seq.constraint) for row, seq in enumerate(sampled) if seq.constraint is not None]
+        if constrained:
+            self._mask(logits, constrained)
+        picks = [sample(logits[row], seq.params, seq.generator) for row, seq in enumerate(sampled)]
+        if constrained:
+            started = time.perf_counter()
+            for row, constraint in constrained:
+                constraint.advance(picks[row])
+            self.stats.mask_time += time.perf_counter() - started
+        rows = iter(picks)
+        return [next(rows) if s.want_logits else None for s in plan]
+
+    def _mask(self, logits: torch.Tensor, constrained: list[tuple[int, Constraint]]) -> None:
+        """Mask the logits of constrained rows to what their constraints allow: one bitmask row
+        each, filled by the grammar library, applied in one call. A constraint that allows
+        nothing (its matcher failed) is left unmasked: its token ends it with the error."""
+        started = time.perf_counter()
+        bitmask = torch.empty(len(constrained), constrained[0][1].words, dtype=torch.int32)
+        for i, (_, constraint) in enumerate(constrained):
+            constraint.fill(bitmask[i])
+        allows = bitmask.any(dim=1).tolist()
+        rows = [row for (row, _), ok in zip(constrained, allows) if ok]
+        if rows:
+            apply_masks(logits, rows, bitmask[torch.tensor(allows)] if not all(allows) else bitmask)
+        self.stats.mask_time += time.perf_counter() - started
+        self.stats.masked_rows += len(constrained)
 
     def _finish_step(self, plan: list[Scheduled], items: list[WorkItem], tokens: list[int | None], elapsed: float) -> None:
         for item in items:
@@ -322,6 +364,9 @@ class BatchEngine(Engine):
         self.stats.steps += 1
         self.stats.busy_time += elapsed
         self.stats.note_batch(len(plan))
+        if any(s.want_logits and s.seq.constraint is not None for s in plan):
+            self.stats.masked_steps += 1
+            self.stats.masked_step_time += elapsed
         for s, item, token in zip(plan, items, tokens):
             seq, proc = s.seq, s.seq.owner
             if seq.cancelled:
