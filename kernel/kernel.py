@@ -190,7 +190,9 @@ class Kernel:
         proc.exit_code, proc.exit_reason, proc.result = code, reason, _jsonable(result)
         proc.state, proc.wchan = ProcState.ZOMBIE, ""
         proc.ended = time.time()
-        proc.kv = None  # frees its KV cache
+        if isinstance(self.engine, Engine):
+            self.engine.retire(proc)  # its KV cache joins the prefix cache
+        proc.kv = None
         self._release_memory(proc)
         for child in self.procs.children(proc.pid):
             child.ppid = KERNEL_PID  # orphans are adopted by the kernel

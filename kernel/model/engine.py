@@ -66,12 +66,18 @@ class Engine:
                 f"prompt is {len(prompt_ids)} tokens; the model's context holds {self.backend.max_context}"
             )
         params.max_tokens = min(params.max_tokens, room)
-        kv = proc.kv if proc.kv is not None else self.pool.new()
+        if proc.kv is not None:
+            kv = proc.kv
+        elif self.prefix_sharing:  # a new context: perhaps an exited process's cache starts it
+            kv = self.pool.acquire(prompt_ids[:-1])
+        else:
+            kv = self.pool.new()
         kv.restore()
         # Keep the cached prefix, but always feed the last prompt token: its logits are needed.
         kv.truncate(min(kv.common_prefix(prompt_ids), len(prompt_ids) - 1))
         if self.prefix_sharing:
             self.pool.share_prefix(kv, prompt_ids[:-1])
+        self.pool.note_prompt(len(prompt_ids) - 1, kv.length)
         proc.kv = kv
         proc.prompt_tokens += len(prompt_ids)
         if self.recorded is not None:
@@ -107,6 +113,17 @@ class Engine:
                 seq.owner.kv = None
         if seq.owner.wchan == "llm":
             seq.owner.state, seq.owner.wchan = ProcState.RUNNING, ""
+
+    def retire(self, proc: Process) -> None:
+        """`proc` exited: its KV cache joins the prefix cache (kvcache.KVPool.retire), unless a
+        sequence of it is still queued or in the batch (a killed session's request, whose
+        release has not run yet): that cache may still be written, so nobody may reuse it."""
+        kv, proc.kv = proc.kv, None
+        if kv is None or not self.prefix_sharing:
+            return
+        if any(seq.kv is kv for seq in self.scheduler.running + self.scheduler.waiting):
+            return
+        self.pool.retire(kv)
 
     # -- the kernel side ----------------------------------------------------------------
 
