@@ -98,7 +98,7 @@ class Kernel:
         if backend is None and is_remote(config.model):
             backend = await RemoteModel.open(config.model)
         elif backend is None:
-            backend = await trio.to_thread.run_sync(Backend.load, config.model, config.dtype, config.threads)
+            backend = await trio.to_thread.run_sync(Backend.load, config.model, config.weights, config.threads, config.device)
         if handle_factory is None:
             from llmos.runtime import local_handle  # the SDK sits above the kernel
 

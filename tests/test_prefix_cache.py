@@ -165,3 +165,25 @@ def test_http_second_turn_reuses_the_first_completions_cache(real_backend):
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= first.usage.prompt_tokens + first.usage.completion_tokens - 4
     assert fresh.usage.cached_tokens == 0 and adopted == 1  # taken over, not copied
+
+
+def test_bench_serve_runs_the_two_turn_workload_against_a_daemon(tiny_backend, tmp_path):
+    from llmos.benchmarks import serve
+
+    async def main():
+        async with daemon_with(tiny_backend, http=("127.0.0.1", 0)) as d:
+            opts = serve.parse(["--url", f"http://127.0.0.1:{d.http_port}/v1", "--api-key", d.token,
+                                "--agents", "1,3", "--tokens", "5", "--pause", "0.05", "--settle", "0"])
+            report = await serve.run_all(opts)
+            return report, d.kernel.engine.pool.stats
+
+    report, stats = trio.run(main)
+    runs = report["runs"]
+    assert [r["agents"] for r in runs] == [1, 3] and all(r["failed"] == 0 for r in runs)
+    assert [r["tokens"] for r in runs] == [2 * 5, 2 * 3 * 5]  # ignore_eos: every turn is exactly 5 tokens
+    assert all(r["ttft2_p99_s"] > 0 for r in runs)
+    assert stats.hits >= 4  # second turns (and the warm-up's system prompt) came from the prefix cache
+    path = tmp_path / "serve.json"
+    path.write_text(__import__("json").dumps(report))
+    assert serve.main(["--merge", str(path), str(path), "--plot", str(tmp_path / "serve.png")]) == 0
+    assert (tmp_path / "serve.png").stat().st_size > 1000

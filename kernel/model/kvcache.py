@@ -40,6 +40,7 @@ class KVShape:
     kv_heads: int
     head_dim: int
     dtype: torch.dtype
+    device: torch.device = torch.device("cpu")
 
     @property
     def bytes_per_token(self) -> int:
@@ -62,7 +63,7 @@ class SequenceKV:
 
     def _alloc(self, tokens: int) -> torch.Tensor:
         s = self.shape
-        return torch.empty(s.layers, 2, s.kv_heads, _round_up(tokens), s.head_dim, dtype=s.dtype)
+        return torch.empty(s.layers, 2, s.kv_heads, _round_up(tokens), s.head_dim, dtype=s.dtype, device=s.device)
 
     @property
     def length(self) -> int:
@@ -169,7 +170,7 @@ class DecodeSlab:
 
     def _alloc(self, slots: int, tokens: int) -> torch.Tensor:
         s = self.shape
-        return torch.empty(s.layers, 2, slots, s.kv_heads, tokens, s.head_dim, dtype=s.dtype)
+        return torch.empty(s.layers, 2, slots, s.kv_heads, tokens, s.head_dim, dtype=s.dtype, device=s.device)
 
     @property
     def slots(self) -> int:
