@@ -255,7 +255,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv or [])
-    console = Console()
+    console = Console(width=max(120, Console().width))
     if opts.merge:
         reports = [json.loads(Path(path).read_text()) for path in opts.merge]
     else:

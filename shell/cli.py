@@ -16,7 +16,7 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel")
     g.add_argument("--model", default=None, help="model: 'smollm2' (default), a local path or a Hugging Face id")
     g.add_argument("--weights", choices=WEIGHT_MODES, default=None,
-                   help="weight precision: fp32 (default, batch-invariant), bf16, int8, int4 (weight-only), w8a8 (LLMOS_WEIGHTS)")
+                   help="weight format: fp32 (default, exact), fp16, bf16, int8 / int4 (weight-only), w8a8 (LLMOS_WEIGHTS)")
     g.add_argument("--device", choices=["cpu", "cuda"], default=None, help="where the model runs (LLMOS_DEVICE; default cpu)")
     g.add_argument("--policy", choices=POLICIES, default="rr", help="scheduling policy (default rr)")
     g.add_argument("--max-batch", type=int, default=32, help="sequences decoded per forward pass")

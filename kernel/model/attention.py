@@ -66,17 +66,18 @@ class DecodeBatch:
         length = max(positions) + 1
         slab.finite(seats, length)
         device = slab.data.device
+        slot_ids, written = torch.tensor(slots), torch.tensor(positions)
         visible = torch.zeros(seats, dtype=torch.long)  # unused seats: position 0 only, never NaN
-        visible[torch.tensor(slots)] = torch.tensor(positions)
+        visible[slot_ids] = written
         hidden = (torch.arange(length).unsqueeze(0) > visible.unsqueeze(1)).view(seats, 1, 1, length)
         # Additive, made once per step: a boolean mask is turned into this in every layer's call.
         mask = torch.zeros(hidden.shape, dtype=slab.data.dtype).masked_fill_(hidden, float("-inf"))
         # A layer's slab [2, slot, head, position, dim] seen as [2, slot * head * position, dim]:
         # row b's head h goes to (slot_b * heads + h) * capacity + position_b.
         heads, capacity = slab.shape.kv_heads, slab.capacity
-        base = torch.tensor(slots).unsqueeze(1) * heads + torch.arange(heads).unsqueeze(0)
-        targets = (base * capacity + torch.tensor(positions).unsqueeze(1)).view(-1)
-        return cls(slab, torch.tensor(slots, device=device), targets.to(device), mask.to(device), dense=seats == len(slots))
+        base = slot_ids.unsqueeze(1) * heads + torch.arange(heads).unsqueeze(0)
+        targets = (base * capacity + written.unsqueeze(1)).view(-1)
+        return cls(slab, slot_ids.to(device), targets.to(device), mask.to(device), dense=seats == len(slots))
 
     @property
     def size(self) -> int:

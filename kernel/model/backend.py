@@ -55,6 +55,7 @@ class Backend:
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = _device(device)
+        self.reference_released = False
         self.weights = linear.check_mode(weights, self.device)
         model.set_attn_implementation(attention.ATTN_NAME)
         model.eval()
@@ -64,7 +65,12 @@ class Backend:
         cfg = model.config
         # Llama-family models get the lean forward; anything else runs transformers' forward
         # with our attention plugged in.
-        self.runner = LlamaRunner(model, self.weights, self.device) if lean and llama.supports(model) else None
+        self.runner = None
+        if lean and llama.supports(model):
+            calibration = None
+            if self.weights == "w8a8":  # SmoothQuant's activation ranges, measured on a few prompts
+                calibration = [self.encode_chat([{"role": "user", "content": text}]) for text in llama.CALIBRATION]
+            self.runner = LlamaRunner(model, self.weights, self.device, calibration)
         if self.runner is None:
             if self.weights not in ("fp32", "bf16"):
                 raise ValueError(f"--weights {self.weights} needs a llama-family model (the lean forward); use fp32 or bf16")
@@ -91,7 +97,19 @@ class Backend:
         from llmos.kernel.model import modelstore
 
         model, tokenizer, name = modelstore.load(spec)
-        return cls(model, tokenizer, name, threads, weights=weights, device=device)
+        backend = cls(model, tokenizer, name, threads, weights=weights, device=device)
+        if backend.weights != "fp32" and backend.runner is not None:
+            backend.release_reference()  # the model is ours alone: its fp32 copy is dead weight
+        return backend
+
+    def release_reference(self) -> None:
+        """Free transformers' own copy of the weights once the lean forward has its own (in its
+        weight format): without it the RSS of a quantized mode would still hold the fp32 model.
+        `hf_generate` needs that copy, so it is only for backends that own their model."""
+        for param in self.model.parameters():  # (a tensor the runner shares stays alive through it)
+            param.data = param.data.new_empty(0)
+        self.reference_released = True
+        _return_freed_memory()
 
     # -- text <-> tokens ---------------------------------------------------------------
 
@@ -164,17 +182,20 @@ class Backend:
             logits = out.logits[0] if keep else out.logits[0, :0]
         for item in plan.items:
             item.kv.token_ids.extend(item.tokens)
-        return logits.float()
+        return logits.float().cpu()  # sampling (and its seeded generators) runs on the CPU
 
     @torch.inference_mode()
     def hf_generate(self, prompt_ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
         """Greedy completion by transformers' own `generate`, one request alone: the reference
         that batched outputs are checked against, and the baseline that benchmarks beat."""
+        if self.reference_released:
+            raise RuntimeError(f"transformers' copy of the weights was released (--weights {self.weights}): use fp32")
         self.model.set_attn_implementation("sdpa")
         try:
+            device = next(self.model.parameters()).device
             out = self.model.generate(
-                torch.tensor([prompt_ids]),
-                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                torch.tensor([prompt_ids], device=device),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=max_new_tokens if ignore_eos else None,
                 do_sample=False,
@@ -213,6 +234,16 @@ def _worth_batching(decoders: list[WorkItem]) -> list[WorkItem]:
         if cost < best_cost:
             best_k, best_cost = k, cost
     return ordered[:best_k]
+
+
+def _return_freed_memory() -> None:
+    """Ask glibc to hand freed heap pages back to the OS (large frees mostly are already)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _device(device: str | torch.device) -> torch.device:

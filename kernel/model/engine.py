@@ -15,7 +15,7 @@ import trio
 from llmos.kernel.model.backend import Backend, StepPlan, WorkItem
 from llmos.kernel.model.kvcache import KVPool
 from llmos.kernel.proc.process import Process, ProcState
-from llmos.kernel.model.sampling import SamplingParams, sample
+from llmos.kernel.model.sampling import SamplingParams, sample_batch
 from llmos.kernel.model.scheduler import Scheduled, Scheduler
 from llmos.kernel.model.sequence import Sequence, SeqStatus
 
@@ -167,15 +167,9 @@ class Engine:
 
     def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
         logits = self.backend.run(layout)
-        tokens: list[int | None] = []
-        row = 0
-        for s in plan:
-            if s.want_logits:
-                tokens.append(sample(logits[row], s.seq.params, s.seq.generator))
-                row += 1
-            else:
-                tokens.append(None)
-        return tokens
+        wanted = [s.seq for s in plan if s.want_logits]
+        picked = iter(sample_batch(logits, [q.params for q in wanted], [q.generator for q in wanted]))
+        return [next(picked) if s.want_logits else None for s in plan]
 
     def _finish_step(self, plan: list[Scheduled], items: list[WorkItem], tokens: list[int | None], elapsed: float) -> None:
         for item in items:

@@ -229,6 +229,8 @@ class DecodeSlab:
         """Make positions [0, length) of seats [0, seats) safe to read. What a seat's owner
         stores is never touched: it may have been written outside the slab's batch (a prompt
         chunk of a seated process goes through its `buf`, a view of the seat)."""
+        if min(self._finite[:seats]) >= length:
+            return  # the common case, once the seats have grown past this length
         for slot in range(seats):
             owner = self.owner(slot)
             done = max(self._finite[slot], owner.length if owner is not None else 0)

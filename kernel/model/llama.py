@@ -50,8 +50,31 @@ class Layer:
     down: Linear
 
 
+# w8a8 (int8 activations): SmoothQuant (Xiao et al., 2023) moves part of each input channel's
+# range from the activations into the weights, W' = W diag(s), X' = X diag(1/s), with
+# s = max|X|^alpha / max|W|^(1 - alpha) per input channel, measured on these prompts at load.
+# 1/s is folded into what produces X: the RMSNorm weights (q/k/v, gate/up), the up projection
+# (down) and the value projection (o), so the model computes the same function in fp32.
+SMOOTHING_ALPHA = 0.65
+HEAD_MODE = {"int4": "int8", "w8a8": "fp16"}
+CALIBRATION = [
+    "Explain how a refrigerator keeps food cold.",
+    "Write a short poem about autumn leaves.",
+    "What were the main causes of the French Revolution?",
+    "List five unusual uses for a paperclip.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n\nExplain this code.",
+    "Translate 'good morning, how are you?' into Spanish and French.",
+]
+
+
 class LlamaRunner:
-    def __init__(self, model: Any, weights: str = "fp32", device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model: Any,
+        weights: str = "fp32",
+        device: torch.device | str = "cpu",
+        calibration: list[list[int]] | None = None,
+    ) -> None:
         self.weights = weights
         self.device = torch.device(device)
         self.dtype = compute_dtype(weights)
@@ -63,21 +86,24 @@ class LlamaRunner:
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim**-0.5
-        head_weights = 8 if weights == "int4" else None  # the vocabulary head stays int8 in int4 mode
-        self.lm_head = self._linear(model.lm_head.weight, model.lm_head.bias, head_weights)
+        # The vocabulary head is where rounding shows most (it ranks 49k candidates): int4 keeps
+        # it in int8, w8a8 in fp16.
+        self.lm_head = self._linear(model.lm_head.weight, model.lm_head.bias, HEAD_MODE.get(weights, weights))
         embedding = inner.embed_tokens.weight
         tied = embedding.data_ptr() == model.lm_head.weight.data_ptr()
         if tied and isinstance(self.lm_head, Int8Linear):
             self.embedding: torch.Tensor | None = None  # rows come from the quantized head
         else:
             self.embedding = embedding.detach().to(self.device, self.dtype)
+            if weights != "fp32":  # its own copy: transformers' weights (a file mapping) can then go
+                self.embedding = self.embedding.clone()
         self.norm = self._vector(inner.norm.weight)
         self.cos, self.sin = self._rotary_tables(inner.rotary_emb, int(getattr(cfg, "max_position_embeddings", 2048)))
-        self.layers = [self._layer(layer) for layer in inner.layers]
+        smoothing = self._smoothing(model, calibration or []) if weights == "w8a8" else None
+        self.layers = [self._layer(layer, smoothing[i] if smoothing else None) for i, layer in enumerate(inner.layers)]
 
-    def _linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None, bits: int | None = None) -> Linear:
-        mode = "int8" if bits == 8 else self.weights
-        return make_linear(weight, bias, mode, self.device)
+    def _linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None, mode: str | None = None) -> Linear:
+        return make_linear(weight, bias, mode or self.weights, self.device)
 
     def _vector(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.detach().to(self.device, self.dtype)
@@ -93,7 +119,7 @@ class LlamaRunner:
         sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
         return cos.to(self.device, self.dtype), sin.to(self.device, self.dtype)
 
-    def _layer(self, layer: Any) -> Layer:
+    def _layer(self, layer: Any, smooth: dict[str, torch.Tensor] | None = None) -> Layer:
         attn, mlp = layer.self_attn, layer.mlp
         if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
             raise ValueError("biased MLP projections are not supported by the lean runner")
@@ -103,14 +129,81 @@ class LlamaRunner:
             bias = torch.cat([b if b is not None else p.weight.new_zeros(p.weight.shape[0]) for p, b in zip(projections, biases)])
         else:
             bias = None
+        qkv = torch.cat([p.weight for p in projections]).detach()
+        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+        o, down = attn.o_proj.weight.detach(), mlp.down_proj.weight.detach()
+        input_norm, post_norm = layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach()
+        if smooth is not None:
+            s = smooth["qkv"]
+            input_norm, qkv = input_norm / s, qkv * s
+            s = smooth["gate_up"]
+            post_norm, gate_up = post_norm / s, gate_up * s
+            s = smooth["down"]  # down's input is silu(gate) * up: divide up's rows
+            gate_up = torch.cat([gate_up[: s.shape[0]], gate_up[s.shape[0] :] / s[:, None]])
+            down = down * s
+            s = smooth["o"]  # o's input is attention over v: divide v's rows (one factor per kv head and dim)
+            q_rows, kv_rows = self.q_heads * self.head_dim, self.kv_heads * self.head_dim
+            v_scale = s.view(self.kv_heads, -1, self.head_dim)[:, 0].reshape(-1)
+            qkv = torch.cat([qkv[: q_rows + kv_rows], qkv[q_rows + kv_rows :] / v_scale[:, None]])
+            if bias is not None:
+                bias = torch.cat([bias[: q_rows + kv_rows], bias[q_rows + kv_rows :] / v_scale])
+            o = o * s
         return Layer(
-            input_norm=self._vector(layer.input_layernorm.weight),
-            qkv=self._linear(torch.cat([p.weight for p in projections]), bias),
-            o=self._linear(attn.o_proj.weight, attn.o_proj.bias),
-            post_norm=self._vector(layer.post_attention_layernorm.weight),
-            gate_up=self._linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-            down=self._linear(mlp.down_proj.weight, mlp.down_proj.bias),
+            input_norm=self._vector(input_norm),
+            qkv=self._linear(qkv, bias),
+            o=self._linear(o, attn.o_proj.bias),
+            post_norm=self._vector(post_norm),
+            gate_up=self._linear(gate_up),
+            down=self._linear(down, mlp.down_proj.bias),
         )
+
+    def _smoothing(self, model: Any, calibration: list[list[int]]) -> list[dict[str, torch.Tensor]]:
+        """SmoothQuant's factors per layer for the inputs of q/k/v, o, gate/up and down: the
+        largest magnitude of each input channel over the calibration prompts (transformers'
+        forward, fp32), balanced against the largest weight that channel meets."""
+        if not calibration:
+            raise ValueError("w8a8 needs calibration prompts")
+        peaks: dict[tuple[int, str], torch.Tensor] = {}
+
+        def record(key: tuple[int, str]) -> Any:
+            def hook(module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+                peak = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0).float()
+                peaks[key] = torch.maximum(peaks[key], peak) if key in peaks else peak
+            return hook
+
+        hooks = []
+        for i, layer in enumerate(model.model.layers):
+            for name, module in (("qkv", layer.self_attn.q_proj), ("o", layer.self_attn.o_proj),
+                                 ("gate_up", layer.mlp.gate_proj), ("down", layer.mlp.down_proj)):
+                hooks.append(module.register_forward_pre_hook(record((i, name))))
+        attention_name = model.config._attn_implementation
+        model.set_attn_implementation("sdpa")
+        try:
+            with torch.inference_mode():  # the prompts one after another: one forward pass
+                model(input_ids=torch.tensor([[t for ids in calibration for t in ids]]), use_cache=False)
+        finally:
+            model.set_attn_implementation(attention_name)
+            for hook in hooks:
+                hook.remove()
+
+        def factor(peak: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+            weight_peak = torch.stack([w.detach().abs().amax(dim=0).float() for w in weights]).amax(dim=0)
+            alpha = SMOOTHING_ALPHA
+            return (peak.clamp(min=1e-5) ** alpha / weight_peak.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+
+        factors = []
+        for i, layer in enumerate(model.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            o = factor(peaks[(i, "o")], attn.o_proj.weight)
+            # o's input channels of one kv head's query heads come from the same v rows: one factor
+            o = o.view(self.kv_heads, -1, self.head_dim).amax(dim=1, keepdim=True).expand(-1, self.q_heads // self.kv_heads, -1)
+            factors.append({
+                "qkv": factor(peaks[(i, "qkv")], attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight),
+                "gate_up": factor(peaks[(i, "gate_up")], mlp.gate_proj.weight, mlp.up_proj.weight),
+                "down": factor(peaks[(i, "down")], mlp.down_proj.weight),
+                "o": o.reshape(-1),
+            })
+        return factors
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
