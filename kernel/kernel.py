@@ -90,7 +90,7 @@ class Kernel:
     ) -> AsyncIterator["Kernel"]:
         config = config or KernelConfig()
         if backend is None and not is_remote(config.model):  # the weights load on the first LLM call
-            backend = await trio.to_thread.run_sync(LazyBackend.open, config.model, config.dtype, config.threads)
+            backend = await trio.to_thread.run_sync(LazyBackend.open, config.model, config.weights, config.threads, config.device)
         kernel = cls(config, await open_engine(config, backend), runner)
         async with trio.open_nursery() as nursery:
             kernel._nursery = nursery
@@ -232,7 +232,8 @@ class Kernel:
         proc.exit_code, proc.exit_reason, proc.result = code, reason, _jsonable(result)
         proc.set_zombie()
         proc.ended = time.time()
-        proc.kv = None  # frees its KV cache
+        self.engine.retire(proc)  # its KV cache joins the prefix cache
+        proc.kv = None
         self._release_memory(proc)
         for child in self.procs.children(proc.pid):
             child.ppid = KERNEL_PID  # orphans are adopted by the kernel

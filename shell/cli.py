@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmos.config import ISOLATIONS, KernelConfig
+from llmos.config import ISOLATIONS, WEIGHT_MODES, KernelConfig
 from llmos.kernel.memory.pagetable import POLICIES as PAGE_POLICIES
 from llmos.kernel.model.scheduler import POLICIES
 
@@ -15,6 +15,9 @@ from llmos.kernel.model.scheduler import POLICIES
 def _kernel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel")
     g.add_argument("--model", default=None, help="model: 'smollm2' (default), a local path or a Hugging Face id")
+    g.add_argument("--weights", choices=WEIGHT_MODES, default=None,
+                   help="weight format: fp32 (default, exact), fp16, bf16, int8 / int4 (weight-only), w8a8 (LLMOS_WEIGHTS)")
+    g.add_argument("--device", choices=["cpu", "cuda"], default=None, help="where the model runs (LLMOS_DEVICE; default cpu)")
     g.add_argument("--policy", choices=POLICIES, default="rr", help="scheduling policy (default rr)")
     g.add_argument("--max-batch", type=int, default=32, help="sequences decoded per forward pass")
     g.add_argument("--quantum", type=int, default=32, help="tokens per time slice before preemption")
@@ -54,6 +57,10 @@ def config_from(args: argparse.Namespace) -> KernelConfig:
         cfg.isolation = args.isolation
     if args.model:
         cfg.model = args.model
+    if args.weights:
+        cfg.weights = args.weights
+    if args.device:
+        cfg.device = args.device
     for flag, name in (("mem_page_tokens", "page_tokens"), ("mem_budget", "budget"), ("mem_global_budget", "global_budget"),
                        ("mem_policy", "policy"), ("chroma_url", "chroma_url")):
         if getattr(args, flag) is not None:
@@ -101,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_args(daemon)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["sched", "syscalls", "memory", "isolation", "structured"], help="which benchmark")
+    bench.add_argument("which", choices=["sched", "syscalls", "memory", "isolation", "structured", "serve", "quality"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -138,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             from llmos.benchmarks import structured
 
             return structured.main(args.rest)
+        if args.which == "serve":
+            from llmos.benchmarks import serve
+
+            return serve.main(args.rest)
+        if args.which == "quality":
+            from llmos.benchmarks import quality
+
+            return quality.main(args.rest)
         if args.which == "syscalls":
             from llmos.benchmarks import syscalls
 

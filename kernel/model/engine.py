@@ -28,7 +28,7 @@ from llmos.abi.proc import ProcState
 from llmos.kernel.model.backend import Backend, StepPlan, WorkItem
 from llmos.kernel.model.constraint import Constraint, ConstraintSpec, apply_masks
 from llmos.kernel.model.kvcache import KVPool
-from llmos.kernel.model.sampling import SamplingParams, sample
+from llmos.kernel.model.sampling import SamplingParams, sample_batch
 from llmos.kernel.model.scheduler import Scheduled, Scheduler
 from llmos.kernel.model.sequence import SeqStatus, Sequence
 from llmos.kernel.proc.process import Process
@@ -71,8 +71,6 @@ class EngineStats:
     masked_steps: int = 0  # steps that chose at least one token under a constraint
     masked_step_time: float = 0.0  # seconds of those steps (masking's share: mask_time / this)
     batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
-    prefix_hits: int = 0  # requests whose prompt began with KV already computed (retained or shared)
-    cached_tokens: int = 0  # prompt tokens those requests did not prefill
     ttft: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(TTFT_BUCKETS))  # submit -> first token
     inter_token: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(INTER_TOKEN_BUCKETS))
 
@@ -90,6 +88,23 @@ class KVUsage:
     budget_bytes: int = 0
     evictions: int = 0
     shared_prefix_tokens: int = 0
+    # The prefix cache (kvcache.KVPool), per submitted prompt: was any of it already computed
+    # (its own retained cache, an exited process's, or a prefix copied from another)?
+    lookups: int = 0
+    hits: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    retired: int = 0  # exited processes' caches held now
+    retired_bytes: int = 0
+    adopted: int = 0  # retired caches taken over by a new context, all time
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    @property
+    def token_hit_rate(self) -> float:
+        return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 class Model(Protocol):
@@ -159,6 +174,10 @@ class Engine:
 
     def kv_usage(self) -> KVUsage:
         return KVUsage()
+
+    def retire(self, proc: Process) -> None:
+        """`proc` exited: what it holds in the engine goes (an engine with a prefix cache keeps it)."""
+        proc.kv = None
 
     def _queue(self, proc: Process, request: Any, recorded: Any) -> None:
         send, recv = trio.open_memory_channel[str](math.inf)
@@ -241,8 +260,10 @@ class BatchEngine(Engine):
         self.prefix_sharing = prefix_sharing
 
     def kv_usage(self) -> KVUsage:
+        pool, kv = self.pool, self.pool.stats
         return KVUsage(
-            self.pool.used_bytes(), self.pool.budget_bytes, self.pool.stats.evictions, self.pool.stats.shared_prefix_tokens
+            pool.used_bytes(), pool.budget_bytes, kv.evictions, kv.shared_prefix_tokens,
+            kv.lookups, kv.hits, kv.prompt_tokens, kv.reused_tokens, pool.retired_count, pool.retired_bytes(), kv.adopted,
         )
 
     # -- the process side ---------------------------------------------------------------
@@ -269,20 +290,23 @@ class BatchEngine(Engine):
                 f"prompt is {len(prompt_ids)} tokens; the model's context holds {self.backend.max_context}"
             )
         params.max_tokens = min(params.max_tokens, room)
-        kv = proc.kv if proc.kv is not None else self.pool.new()
+        if proc.kv is not None:
+            kv = proc.kv
+        elif self.prefix_sharing:  # a new context: perhaps an exited process's cache starts it
+            kv = self.pool.acquire(prompt_ids[:-1])
+        else:
+            kv = self.pool.new()
         kv.restore()
         # Keep the cached prefix, but always feed the last prompt token: its logits are needed.
         kv.truncate(min(kv.common_prefix(prompt_ids), len(prompt_ids) - 1))
         if self.prefix_sharing:
             self.pool.share_prefix(kv, prompt_ids[:-1])
+        self.pool.note_prompt(len(prompt_ids) - 1, kv.length)
         proc.kv = kv
         proc.prompt_tokens += len(prompt_ids)
         seq = Sequence(proc, prompt_ids, params, kv, self.backend.decode, self.backend.eos_ids)
         seq.cached_tokens = kv.length
         seq.constraint = constraint
-        if kv.length:
-            self.stats.prefix_hits += 1
-            self.stats.cached_tokens += kv.length
         self._queue(proc, seq, list(prompt_ids))
         return seq
 
@@ -290,6 +314,17 @@ class BatchEngine(Engine):
         # A forward pass may still be writing this cache: the process starts a fresh one.
         if seq.owner.kv is seq.kv:
             seq.owner.kv = None
+
+    def retire(self, proc: Process) -> None:
+        """`proc` exited: its KV cache joins the prefix cache (kvcache.KVPool.retire), unless a
+        sequence of it is still queued or in the batch (a killed session's request, whose
+        release has not run yet): that cache may still be written, so nobody may reuse it."""
+        kv, proc.kv = proc.kv, None
+        if kv is None or not self.prefix_sharing:
+            return
+        if any(seq.kv is kv for seq in self.scheduler.running + self.scheduler.waiting):
+            return
+        self.pool.retire(kv)
 
     # -- the kernel side ----------------------------------------------------------------
 
@@ -333,7 +368,7 @@ class BatchEngine(Engine):
         constrained = [(row, seq.constraint) for row, seq in enumerate(sampled) if seq.constraint is not None]
         if constrained:
             self._mask(logits, constrained)
-        picks = [sample(logits[row], seq.params, seq.generator) for row, seq in enumerate(sampled)]
+        picks = sample_batch(logits, [seq.params for seq in sampled], [seq.generator for seq in sampled])
         if constrained:
             started = time.perf_counter()
             for row, constraint in constrained:
