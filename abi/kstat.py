@@ -6,10 +6,14 @@ from pydantic import BaseModel
 
 from llmos.abi.catalogue import Empty, declare
 
+# The scheduling policies a kernel may run (`KernelStat.policy`, `llmos --policy`); what each
+# does is kernel/model/scheduler.py's business.
+SCHED_POLICIES = ("rr", "fair", "priority")
+
 
 class KernelStat(BaseModel):
     model: str
-    policy: str
+    policy: str  # one of SCHED_POLICIES
     max_batch: int
     quantum: int
     uptime: float

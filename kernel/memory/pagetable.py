@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
+from llmos.abi.mem import PAGE_POLICIES
 from llmos.kernel.memory.index import Index
 
 if TYPE_CHECKING:
@@ -271,7 +272,7 @@ class Clock:
         return chosen
 
 
-POLICIES: dict[str, type] = {"lru": LRU, "lru-k": LRUK, "clock": Clock}
+POLICIES: dict[str, type] = dict(zip(PAGE_POLICIES, (LRU, LRUK, Clock), strict=True))  # names from the ABI
 
 
 def make_policy(name: str) -> Policy:
