@@ -65,15 +65,15 @@ class KernelCollector:
             yield _histogram(f"llmos_{name}", doc, hist)
         yield gauge("kv_bytes", "Bytes of KV cache held by all processes (the prefix cache's included).", kv.used_bytes)
         yield gauge("kv_budget_bytes", "The KV cache budget (--kv-budget-mb).", kv.budget_bytes)
-        yield counter("kv_evictions", "KV caches dropped or compressed to stay within the budget.", kv.evictions)
-        yield counter("prefix_cache_lookups", "Prompts submitted (each looks for KV already computed).", kv.lookups)
-        yield counter("prefix_cache_hits", "Prompts that began with KV already computed (retained, adopted or copied).", kv.hits)
-        yield counter("prefix_cache_hit_tokens", "Prompt tokens not prefilled because their KV was reused.", kv.reused_tokens)
+        yield counter("kv_evictions", "KV caches dropped or compressed to stay within the budget.", kv.counts.evictions)
+        yield counter("prefix_cache_lookups", "Prompts submitted (each looks for KV already computed).", kv.counts.lookups)
+        yield counter("prefix_cache_hits", "Prompts that began with KV already computed (retained, adopted or copied).", kv.counts.hits)
+        yield counter("prefix_cache_hit_tokens", "Prompt tokens not prefilled because their KV was reused.", kv.counts.reused_tokens)
         yield gauge("prefix_cache_retired", "Caches of exited processes held for reuse.", kv.retired)
         yield gauge("prefix_cache_retired_bytes", "Bytes of those caches.", kv.retired_bytes)
-        yield counter("prefix_cache_adopted", "Retired caches taken over by a new context.", kv.adopted)
+        yield counter("prefix_cache_adopted", "Retired caches taken over by a new context.", kv.counts.adopted)
         yield counter("kv_shared_prefix_tokens", "Prompt positions copied from another process's cache.",
-                      kv.shared_prefix_tokens)
+                      kv.counts.shared_prefix_tokens)
         if self.telemetry is not None:
             self.telemetry._count_paging()
             totals = self.telemetry.memory_totals

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Protocol
 
 import torch
@@ -27,7 +27,7 @@ import trio
 from llmos.abi.proc import ProcState
 from llmos.kernel.model.backend import Backend, StepPlan, WorkItem
 from llmos.kernel.model.constraint import Constraint, ConstraintSpec, apply_masks
-from llmos.kernel.model.kvcache import KVPool
+from llmos.kernel.model.kvcache import KVPool, KVStats
 from llmos.kernel.model.sampling import SamplingParams, sample_batch
 from llmos.kernel.model.scheduler import Scheduled, Scheduler
 from llmos.kernel.model.sequence import SeqStatus, Sequence
@@ -86,25 +86,9 @@ class KVUsage:
 
     used_bytes: int = 0
     budget_bytes: int = 0
-    evictions: int = 0
-    shared_prefix_tokens: int = 0
-    # The prefix cache (kvcache.KVPool), per submitted prompt: was any of it already computed
-    # (its own retained cache, an exited process's, or a prefix copied from another)?
-    lookups: int = 0
-    hits: int = 0
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    retired: int = 0  # exited processes' caches held now
+    retired: int = 0  # exited processes' caches held now, in the prefix cache
     retired_bytes: int = 0
-    adopted: int = 0  # retired caches taken over by a new context, all time
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
-    @property
-    def token_hit_rate(self) -> float:
-        return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+    counts: KVStats = field(default_factory=KVStats)  # evictions and the prefix cache's hits, all time
 
 
 class Model(Protocol):
@@ -260,11 +244,8 @@ class BatchEngine(Engine):
         self.prefix_sharing = prefix_sharing
 
     def kv_usage(self) -> KVUsage:
-        pool, kv = self.pool, self.pool.stats
-        return KVUsage(
-            pool.used_bytes(), pool.budget_bytes, kv.evictions, kv.shared_prefix_tokens,
-            kv.lookups, kv.hits, kv.prompt_tokens, kv.reused_tokens, pool.retired_count, pool.retired_bytes(), kv.adopted,
-        )
+        pool = self.pool
+        return KVUsage(pool.used_bytes(), pool.budget_bytes, pool.retired_count, pool.retired_bytes(), replace(pool.stats))
 
     # -- the process side ---------------------------------------------------------------
 
