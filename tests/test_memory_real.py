@@ -178,5 +178,5 @@ def test_real_model_second_turn_reuses_the_first_turns_prompt_from_kv(real_backe
     assert first.memory.faulted and third.memory.faulted and fourth.memory.faulted  # each paged its fact in
     assert second.usage.cached_tokens >= common_prefix(prompts[0], prompts[1])
     assert second.usage.cached_tokens >= 0.6 * first.usage.prompt_tokens  # most of it
-    assert fourth.usage.cached_tokens == common_prefix(prompts[2], prompts[3])
+    assert fourth.usage.cached_tokens >= common_prefix(prompts[2], prompts[3])
     assert fourth.usage.cached_tokens >= 0.4 * third.usage.prompt_tokens
