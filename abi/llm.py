@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from llmos.abi.catalogue import declare
 
@@ -17,6 +17,34 @@ class Message(BaseModel):
     content: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
+class ResponseFormat(BaseModel):
+    """What the reply must be; decoding is constrained to it, so the reply always matches
+    (unless cut by max_tokens or a stop string: finish_reason says so)."""
+
+    model_config = {"extra": "forbid"}
+    type: Literal["text", "json_object", "json_schema", "regex", "grammar"] = Field(
+        description="text: anything; json_object: one JSON object; json_schema: JSON valid for `json_schema`; "
+        "regex: text matching `pattern` (whole); grammar: text in the language of `grammar`"
+    )
+    json_schema: dict[str, Any] | None = Field(default=None, description="the JSON schema (Draft 2020-12)")
+    pattern: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS, description="the regular expression")
+    grammar: str | None = Field(
+        default=None, max_length=MAX_MESSAGE_CHARS,
+        description="a context-free grammar in Lark syntax (start rule `start`) or llama.cpp's GBNF (`root ::= ...`)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> "ResponseFormat":
+        wanted = {"json_schema": "json_schema", "regex": "pattern", "grammar": "grammar"}.get(self.type)
+        for name in ("json_schema", "pattern", "grammar"):
+            given = getattr(self, name) is not None
+            if name == wanted and not given:
+                raise ValueError(f"type {self.type!r} needs `{name}`")
+            if name != wanted and given:
+                raise ValueError(f"`{name}` does not go with type {self.type!r}")
+        return self
+
+
 class ChatRequest(BaseModel):
     model_config = {"extra": "forbid"}
     messages: list[Message] = Field(min_length=1, max_length=4096)
@@ -27,6 +55,7 @@ class ChatRequest(BaseModel):
     stop: list[str] = Field(default_factory=list, max_length=16)
     stream: bool = False
     ignore_eos: bool = Field(default=False, description="keep generating past end-of-turn (benchmarks)")
+    response_format: ResponseFormat | None = Field(default=None, description="constrain the reply (JSON, regex, grammar)")
 
 
 class Usage(BaseModel):

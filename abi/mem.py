@@ -11,6 +11,9 @@ from llmos.abi.catalogue import Empty, declare
 from llmos.abi.llm import MAX_MESSAGE_CHARS, ChatChunk, ChatRequest, ChatResponse
 
 Role = Literal["system", "user", "assistant", "tool"]
+# The page replacement policies a kernel may run (`MemStat.policy`, `llmos --mem-policy`); how
+# each chooses a victim is kernel/memory/pagetable.py's business.
+PAGE_POLICIES = ("lru", "lru-k", "clock")
 
 
 class MemChatRequest(ChatRequest):
@@ -127,7 +130,7 @@ class MemStat(BaseModel):
     pid: int
     memory: str  # empty if the process has none yet
     named: bool
-    policy: str
+    policy: str  # one of PAGE_POLICIES
     page_tokens: int
     budget: int
     resident_tokens: int

@@ -21,12 +21,13 @@ import trio
 from pydantic import BaseModel
 
 from llmos.abi.errors import Errno, SyscallError  # noqa: F401  (re-exported for agents)
-from llmos.abi.llm import ChatChunk, ChatResponse
+from llmos.abi.llm import ChatChunk, ChatResponse, ResponseFormat
 from llmos.abi.mem import MemChatResponse, MemStat, RecallHit
 from llmos.abi.proc import PidResponse, ProcInfo, WaitResponse
 
 Emit = Callable[[BaseModel], Awaitable[None]]
 TextCallback = Callable[[str], Any]
+Format = ResponseFormat | dict[str, Any] | type[BaseModel]
 
 
 class Transport(Protocol):
@@ -95,9 +96,13 @@ class LLM:
         stop: list[str] | None = None,
         on_text: TextCallback | None = None,
         ignore_eos: bool = False,
+        response_format: Format | None = None,
     ) -> ChatResponse:
         """A completion. `messages` is a prompt string or a list of {role, content};
-        `on_text` (sync or async) receives the text as it is generated."""
+        `on_text` (sync or async) receives the text as it is generated. `response_format`
+        constrains the reply: {"type": "json_object"}, {"type": "json_schema", "json_schema":
+        {...}}, {"type": "regex", "pattern": ...}, {"type": "grammar", "grammar": ...}, or a
+        pydantic model class (its JSON schema)."""
         args = dict(
             messages=_messages(messages, system),
             max_tokens=max_tokens,
@@ -107,6 +112,7 @@ class LLM:
             stop=stop or [],
             stream=on_text is not None,
             ignore_eos=ignore_eos,
+            response_format=_format(response_format),
         )
         emit = None
         if on_text is not None:
@@ -327,8 +333,10 @@ class Mem:
         stop: list[str] | None = None,
         on_text: TextCallback | None = None,
         remember: bool = True,
+        response_format: Format | None = None,
     ) -> MemChatResponse:
-        """`remember=False` asks without keeping the turn or the reply."""
+        """`remember=False` asks without keeping the turn or the reply; `response_format` as
+        for llm.chat."""
         args = dict(
             messages=_messages(messages, system),
             max_tokens=max_tokens,
@@ -338,6 +346,7 @@ class Mem:
             stop=stop or [],
             stream=on_text is not None,
             remember=remember,
+            response_format=_format(response_format),
         )
         response = await self._sys.call("mem.chat", _text_emit(on_text), **args)
         assert isinstance(response, MemChatResponse)
@@ -383,6 +392,16 @@ def _text_emit(on_text: TextCallback | None) -> Emit | None:
             await out
 
     return emit
+
+
+def _format(fmt: Format | None) -> dict[str, Any] | None:
+    if fmt is None:
+        return None
+    if isinstance(fmt, type) and issubclass(fmt, BaseModel):
+        return {"type": "json_schema", "json_schema": fmt.model_json_schema()}
+    if isinstance(fmt, BaseModel):
+        return fmt.model_dump(exclude_none=True)
+    return dict(fmt)
 
 
 def _messages(messages: str | list[dict[str, str]], system: str | None) -> list[dict[str, str]]:

@@ -1,20 +1,25 @@
 """The tool-calling loop: the model uses tools, and every tool call is a syscall.
 
-    run = await sys.tools.run("What is 17 * 23?", tools=["calc"])
+    run = await sys.tools.run("What is 17 * 23?", tools=["calc"], tool_choice="required")
     run.answer, run.stopped, run.steps
 
 Each turn the model sees the task, the tools it may use (name, description and arguments, from
-the syscalls' JSON schemas via tools.list) and what happened so far, and replies with one JSON
-object:
+the syscalls' JSON schemas via tools.list, MCP-mounted tools with their servers' schemas) and
+what happened so far, and replies with one JSON object (llmos.abi.toolcall):
     {"tool": "calc", "arguments": {"expression": "17 * 23"}}    a call
     {"answer": "17 * 23 = 391"}                                  the end
-The first JSON object in the reply counts (code fences and chatter around it are ignored). A
-reply that is not such an object, names a tool not offered, or whose arguments the syscall
-refuses (EINVAL, E2BIG) gets a corrective message saying exactly what was wrong;
-`max_retries` such replies in a row end the run ("malformed"). A valid call runs as a syscall,
-so capabilities, quotas and timeouts apply, and its result, or its error, goes back to the
-model as the next message. At most `max_steps` calls ("max_steps"); a process that loops
-anyway is stopped by its quota.
+Decoding is constrained to exactly those replies (llm.chat's response_format with
+`reply_schema`): a call names an offered tool and its arguments are valid for that tool's
+schema, so every reply parses. `tool_choice`: "auto" (a call or the answer), "required" (the
+first reply is a call), a tool's name (the first reply calls it), "none" (answer at once).
+
+A valid call runs as a syscall, so capabilities, quotas and timeouts apply, and its result, or
+its error, goes back to the model as the next message. Corrective retries remain for what the
+schema cannot express: the syscall refused the arguments (EINVAL, E2BIG), or the reply was cut
+off by max_tokens; `max_retries` such replies in a row end the run ("malformed"). At most
+`max_steps` calls ("max_steps"); a process that loops anyway is stopped by its quota.
+With `constrained=False` (or a `chat` that cannot constrain) the first JSON object in the reply
+counts, code fences and chatter around it ignored, and a malformed reply gets a correction.
 """
 
 from __future__ import annotations
@@ -24,18 +29,22 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from llmos.abi.errors import Errno, SyscallError
+from llmos.abi.toolcall import (  # noqa: F401  (describe_tools, example_turns: re-exported)
+    Answer,
+    ToolCall,
+    describe_tools,
+    example_arguments,
+    example_turns,
+    reply_schema,
+    result_message,
+    system_prompt,
+)
 
 MAX_RESULT_CHARS = 2000  # of a tool result shown to the model
 BAD_ARGUMENTS = (Errno.EINVAL, Errno.E2BIG)
 RETRY_TEMPERATURE = 0.7
+CHOICES = ("auto", "required", "none")
 Chat = Callable[..., Awaitable[str]]
-
-PROTOCOL = """You can call tools. Reply with exactly one JSON object and nothing else.
-To call a tool: {"tool": "<tool name>", "arguments": {<arguments>}}
-To give the final answer: {"answer": "<the answer>"}
-
-Tools:
-"""
 
 
 @dataclass
@@ -55,17 +64,6 @@ class ToolRun:
     messages: list[dict[str, str]] = field(default_factory=list)  # the whole conversation
 
 
-@dataclass
-class ToolCall:
-    tool: str
-    arguments: dict[str, Any]
-
-
-@dataclass
-class Answer:
-    text: str
-
-
 class Malformed(ValueError):
     """The model's reply is not a valid tool call or answer; the message tells it why."""
 
@@ -75,30 +73,39 @@ async def run_tools(
     task: str,
     tools: list[str],
     *,
+    tool_choice: str = "auto",
+    constrained: bool = True,
     max_steps: int = 6,
     max_retries: int = 2,
-    max_tokens: int = 128,
+    max_tokens: int = 256,
     system: str | None = None,
     examples: list[dict[str, str]] | None = None,
     chat: Chat | None = None,
 ) -> ToolRun:
     """Let the model work on `task` with the tools matching `tools` (names or patterns).
     `chat(messages, max_tokens, **sampling) -> reply text` is the model; the shared one
-    (llm.chat) unless given, e.g. to route tool use to another model."""
+    (llm.chat) unless given, e.g. to route tool use to another model. When constrained, it is
+    also passed `response_format`."""
     chat = chat or _llm_chat(sys)
     offered = {t.name: t for t in await sys.tools.list(*tools)}
     if not offered:
         raise SyscallError(Errno.EPERM, f"no tool the process may use matches {tools}")
+    if tool_choice not in CHOICES and tool_choice not in offered:
+        raise SyscallError(Errno.EINVAL, f"tool_choice: {tool_choice!r} is none of {', '.join(CHOICES)} nor an offered tool")
     messages = [
-        {"role": "system", "content": (system + "\n\n" if system else "") + PROTOCOL + describe_tools(offered.values())},
-        *(examples if examples is not None else example_turns(offered)),
+        {"role": "system", "content": (system + "\n\n" if system else "") + system_prompt(offered.values())},
+        *(examples if examples is not None else example_turns(offered.values())),
         {"role": "user", "content": task},
     ]
     run = ToolRun(answer=None, stopped="max_steps", messages=messages)
     retries = 0
     while True:
         # Greedy first; a retry samples (seeded, so runs repeat) lest the model say the same again.
-        sampling = {"temperature": RETRY_TEMPERATURE, "seed": retries} if retries else {}
+        sampling: dict[str, Any] = {"temperature": RETRY_TEMPERATURE, "seed": retries} if retries else {}
+        if constrained:
+            # "required" and a named tool hold for the first reply; after a call the model may answer.
+            choice = tool_choice if not run.steps or tool_choice == "none" else "auto"
+            sampling["response_format"] = {"type": "json_schema", "json_schema": reply_schema(offered.values(), choice)}
         reply = await chat(list(messages), max_tokens, **sampling)
         try:
             action = parse_reply(reply, offered)
@@ -149,8 +156,7 @@ def parse_reply(reply: str, offered: dict[str, Any]) -> ToolCall | Answer:
         problem = "is not valid JSON" if "{" in reply else "has no JSON object"
         raise Malformed(f"Your reply {problem}. Reply with one JSON object only: {_call_example(offered)}")
     if "answer" in obj and "tool" not in obj:
-        answer = obj["answer"]
-        return Answer(answer if isinstance(answer, str) else json.dumps(answer))
+        return Answer(Answer(obj["answer"]).text)
     name = obj.get("tool")
     if not isinstance(name, str):
         raise Malformed('The JSON object needs "tool" (the name of a tool, to call it) or "answer" (to finish).')
@@ -164,7 +170,7 @@ def parse_reply(reply: str, offered: dict[str, Any]) -> ToolCall | Answer:
 
 def _call_example(offered: dict[str, Any]) -> str:
     t = next(iter(offered.values()))
-    example = {"tool": t.name, "arguments": _example_arguments(t.parameters)}
+    example = {"tool": t.name, "arguments": example_arguments(t.parameters)}
     return f"To call a tool, reply like {json.dumps(example)}"
 
 
@@ -183,55 +189,10 @@ def _first_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def describe_tools(tools: Any) -> str:
-    """One line per tool: name(arguments) - description, arguments from its JSON schema."""
-    lines = []
-    for t in tools:
-        props = t.parameters.get("properties", {})
-        required = set(t.parameters.get("required", []))
-        args = ", ".join(f"{name}: {_type_of(spec)}{'' if name in required else ' (optional)'}" for name, spec in props.items())
-        description = " ".join(t.description.split())[:300]
-        lines.append(f"- {t.name}({args}): {description}")
-    return "\n".join(lines)
-
-
-def _type_of(spec: dict[str, Any]) -> str:
-    if "anyOf" in spec:
-        return " | ".join(_type_of(s) for s in spec["anyOf"] if s.get("type") != "null") or "any"
-    kind = spec.get("type")
-    if kind == "array":
-        return f"list of {_type_of(spec.get('items', {}))}"
-    return kind if isinstance(kind, str) else "any"
-
-
-def example_turns(offered: dict[str, Any]) -> list[dict[str, str]]:
-    """A worked example, as conversation turns (small models follow a shown pattern far better
-    than a described one): a calc call when calc is offered, else the first tool's."""
-    if "calc" in offered:
-        question, call = "What is 2 + 2?", {"tool": "calc", "arguments": {"expression": "2 + 2"}}
-        result, answer = {"result": 4}, "2 + 2 = 4"
-    else:
-        t = next(iter(offered.values()))
-        question, call = f"Use {t.name}.", {"tool": t.name, "arguments": _example_arguments(t.parameters)}
-        result, answer = {"result": "..."}, f"Done with {t.name}."
-    return [
-        {"role": "user", "content": question},
-        {"role": "assistant", "content": json.dumps(call)},
-        {"role": "user", "content": f"Result of {call['tool']}: {json.dumps(result)}"},
-        {"role": "assistant", "content": json.dumps({"answer": answer})},
-    ]
-
-
-def _example_arguments(schema: dict[str, Any]) -> dict[str, Any]:
-    placeholders = {"string": "text", "integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
-    props, required = schema.get("properties", {}), schema.get("required", [])
-    return {name: placeholders.get(_type_of(props[name]).split(" ")[0], "...") for name in required if name in props}
-
-
 def _result_message(step: ToolStep) -> str:
     if step.error is not None:
         return f"{step.tool} failed: {step.error}"
     text = json.dumps(step.result, ensure_ascii=False)
     if len(text) > MAX_RESULT_CHARS:
         text = text[:MAX_RESULT_CHARS] + " ...(cut)"
-    return f"Result of {step.tool}: {text}"
+    return result_message(step.tool, text)

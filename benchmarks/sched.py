@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse(argv or [])
     console = Console()
     config = KernelConfig()
-    backend = Backend.load(opts.model or config.model, config.dtype, config.threads)
+    backend = Backend.load(opts.model or config.model, config.weights, config.threads, config.device)
     report = trio.run(run_all, backend, opts)
     print_report(report, console)
     for path, write in ((opts.json, lambda p: p.write_text(json.dumps(report, indent=2))), (opts.plot, lambda p: plot(report, p))):

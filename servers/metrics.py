@@ -32,7 +32,7 @@ class KernelCollector:
         k = self.kernel
         s = k.engine.stats
         sched = k.scheduler
-        pool = k.engine.pool
+        kv = k.engine.kv_usage()  # zeros for a remote model (its server holds the cache)
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(f"llmos_{name}", doc, value=value)
@@ -53,27 +53,27 @@ class KernelCollector:
         yield counter("engine_steps", "Forward passes.", s.steps)
         yield counter("engine_busy_seconds", "Seconds spent in forward passes.", s.busy_time)
         yield counter("engine_failed_steps", "Forward passes that raised (their requests failed with EIO).",
-                      getattr(s, "failed_steps", 0))
+                      s.failed_steps)
         yield gauge("batch_size", "Sequences in the running batch now.", len(sched.running))
         yield gauge("batch_max", "The running batch's capacity (--max-batch).", sched.max_batch)
         yield gauge("batch_occupancy", "Share of the batch in use now (batch_size / batch_max).",
                     len(sched.running) / sched.max_batch if sched.max_batch else 0)
         yield gauge("waiting_sequences", "Sequences waiting for a place in the batch.", len(sched.waiting))
         yield counter("preemptions", "Sequences preempted at the end of their quantum.", sched.preemptions)
-        for hist, name, doc in ((getattr(s, "ttft", None), "ttft_seconds", "Time from submitting a request to its first token."),
-                                (getattr(s, "inter_token", None), "inter_token_latency_seconds",
-                                 "Time between two tokens of one request.")):
-            if hist is not None:
-                yield _histogram(f"llmos_{name}", doc, hist)
-        yield gauge("kv_bytes", "Bytes of KV cache held by all processes.", pool.used_bytes())
-        yield gauge("kv_budget_bytes", "The KV cache budget (--kv-budget-mb).", getattr(pool, "budget_bytes", 0))
-        yield counter("kv_evictions", "KV caches dropped or compressed to stay within the budget.", pool.stats.evictions)
-        yield counter("prefix_cache_hits", "Requests whose prompt began with KV already computed (retained or shared).",
-                      getattr(s, "prefix_hits", 0))
-        yield counter("prefix_cache_hit_tokens", "Prompt tokens not prefilled because their KV was reused.",
-                      getattr(s, "cached_tokens", 0))
+        for hist, name, doc in ((s.ttft, "ttft_seconds", "Time from submitting a request to its first token."),
+                                (s.inter_token, "inter_token_latency_seconds", "Time between two tokens of one request.")):
+            yield _histogram(f"llmos_{name}", doc, hist)
+        yield gauge("kv_bytes", "Bytes of KV cache held by all processes (the prefix cache's included).", kv.used_bytes)
+        yield gauge("kv_budget_bytes", "The KV cache budget (--kv-budget-mb).", kv.budget_bytes)
+        yield counter("kv_evictions", "KV caches dropped or compressed to stay within the budget.", kv.counts.evictions)
+        yield counter("prefix_cache_lookups", "Prompts submitted (each looks for KV already computed).", kv.counts.lookups)
+        yield counter("prefix_cache_hits", "Prompts that began with KV already computed (retained, adopted or copied).", kv.counts.hits)
+        yield counter("prefix_cache_hit_tokens", "Prompt tokens not prefilled because their KV was reused.", kv.counts.reused_tokens)
+        yield gauge("prefix_cache_retired", "Caches of exited processes held for reuse.", kv.retired)
+        yield gauge("prefix_cache_retired_bytes", "Bytes of those caches.", kv.retired_bytes)
+        yield counter("prefix_cache_adopted", "Retired caches taken over by a new context.", kv.counts.adopted)
         yield counter("kv_shared_prefix_tokens", "Prompt positions copied from another process's cache.",
-                      pool.stats.shared_prefix_tokens)
+                      kv.counts.shared_prefix_tokens)
         if self.telemetry is not None:
             self.telemetry._count_paging()
             totals = self.telemetry.memory_totals

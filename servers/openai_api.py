@@ -11,9 +11,15 @@ makes one syscall, scheduled with every agent under the same policy, and exits; 
 in `ps` while it runs. The routes are a FastAPI router (servers/http.py serves the app); the
 protocol's bodies are pydantic models in servers/openai_models.py.
 
-Differences from OpenAI: one choice (n=1), text content only, no tools or logprobs (refused
-with 400, not ignored: the request model says so, and /openapi.json with it); unknown harmless fields (user, presence_penalty, ...) are ignored;
-`temperature` defaults to 1 and `max_tokens` to DEFAULT_MAX_TOKENS.
+Tools (tool_choice, parallel_tool_calls, tool calls and tool messages in the conversation) and
+response_format (json_object, json_schema) are translated by servers/openai_tools.py: decoding
+is constrained, so tool calls and JSON replies always parse and match their schemas.
+
+Differences from OpenAI: one choice (n=1), text content only, no logprobs, no legacy
+`functions` (refused with 400, not ignored: the request model says so, and /openapi.json with
+it); unknown harmless fields (user, presence_penalty, ...) are ignored; `temperature` defaults
+to 1 and `max_tokens` to DEFAULT_MAX_TOKENS. vLLM's and SGLang's guided-decoding fields
+(guided_json, guided_regex, guided_grammar, regex, ebnf) are accepted too.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from llmos.servers.openai_models import (
     ModelList,
     PromptTokensDetails,
 )
+from llmos.servers.openai_tools import Refusal, Translation, translate
 from llmos.syscalls.table import dispatch
 
 DEFAULT_MAX_TOKENS = 1024
@@ -90,23 +97,27 @@ def router(kernel: Kernel, authenticated: Any) -> APIRouter:
     async def chat_completions(req: CompletionRequest, request: Request) -> Response:
         """A chat completion, run as a short-lived process; `stream: true` sends server-sent events."""
         _check(kernel, req)
-        args = _syscall_args(req)
+        translation = _translate(req)
+        args = _syscall_args(req, translation)
         try:
             proc = kernel.session("openai", Capabilities(allow=("llm.chat",)))
         except TableFull as exc:
             raise HttpError(429, str(exc), "process_table_full") from None
         completion_id = f"chatcmpl-{proc.pid}-{secrets.token_hex(6)}"
         if req.stream:
-            return ChatStream(kernel, proc.pid, args, completion_id, req)
+            return ChatStream(kernel, proc.pid, args, completion_id, req, translation)
         try:
             reply = await dispatch(kernel, proc.pid, "llm.chat", args)
         except SyscallError as err:
             raise http_error(err) from None
         finally:
             kernel.end_session(proc)
+        decoder = translation.decoder()
+        decoder.feed(reply.content)
+        message, finish = decoder.message(reply.finish_reason)
         body = ChatCompletion(
             id=completion_id, created=int(time.time()), model=model_id(kernel),
-            choices=[Choice(message=AssistantMessage(content=reply.content), finish_reason=_finish(reply.finish_reason))],
+            choices=[Choice(message=AssistantMessage.model_validate(message), finish_reason=finish)],
             usage=_usage(reply),
         )
         return JSONResponse(body.model_dump(mode="json"))
@@ -122,10 +133,13 @@ class ChatStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, kernel: Kernel, pid: int, args: dict[str, Any], cid: str, req: CompletionRequest) -> None:
+    def __init__(
+        self, kernel: Kernel, pid: int, args: dict[str, Any], cid: str, req: CompletionRequest, translation: Translation
+    ) -> None:
         super().__init__(media_type=self.media_type, headers={"cache-control": "no-cache"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # sent chunked
         self.kernel, self.pid, self.args, self.cid, self.req = kernel, pid, args, cid, req
+        self.decoder = translation.decoder()
         self.created = int(time.time())
         self.model = model_id(kernel)
 
@@ -134,7 +148,7 @@ class ChatStream(Response):
         chunk = ChatCompletionChunk(id=self.cid, created=self.created, model=self.model, choices=choices, usage=usage)
         data = chunk.model_dump(mode="json", exclude={"usage"} if usage is None else None)
         for choice in data["choices"]:  # a delta says only what it carries
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            choice["delta"] = _without_nulls(choice["delta"])
         return _event(data)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -156,7 +170,8 @@ class ChatStream(Response):
             await send({"type": "http.response.body", "body": data, "more_body": more})
 
         async def emit(c: Any) -> None:
-            await body(self._chunk(Delta(content=c.delta)))
+            for delta in self.decoder.feed(c.delta):  # text, or tool calls and their arguments
+                await body(self._chunk(Delta.model_validate(delta)))
 
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await body(self._chunk(Delta(role="assistant", content="")))
@@ -167,7 +182,7 @@ class ChatStream(Response):
             await body(_event(http_error(err).body()))
         else:
             self._end_session()  # gone from the table before the client can read the end
-            await body(self._chunk(Delta(), _finish(reply.finish_reason)))
+            await body(self._chunk(Delta(), self.decoder.finish_reason(reply.finish_reason)))
             if self.req.stream_options is not None and self.req.stream_options.include_usage:
                 await body(self._chunk(Delta(), usage=_usage(reply)))
         await body(b"data: [DONE]\n\n", more=False)
@@ -187,21 +202,23 @@ def _check(kernel: Kernel, req: CompletionRequest) -> None:
                         "model_not_found", "model")
 
 
-def _syscall_args(req: CompletionRequest) -> dict[str, Any]:
-    messages = []
-    for m in req.messages:
-        if isinstance(m.content, list):
-            text = "".join(p.text or "" for p in m.content)
-        else:
-            text = m.content or ""
-        messages.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+def _translate(req: CompletionRequest) -> Translation:
+    guided = {k: getattr(req, k) for k in ("guided_json", "guided_regex", "guided_grammar", "regex", "ebnf")}
+    try:
+        return translate(req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, req.response_format, guided)
+    except Refusal as exc:
+        raise HttpError(400, exc.message, "unsupported" if "not supported" in exc.message else "invalid_request", exc.param) from None
+
+
+def _syscall_args(req: CompletionRequest, translation: Translation) -> dict[str, Any]:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     temperature = 1.0 if req.temperature is None else req.temperature
     top_p = 1.0 if req.top_p is None else req.top_p
     if top_p == 0:  # a nucleus of nothing but the likeliest token (OpenAI accepts 0; llm.chat wants > 0)
         temperature, top_p = 0.0, 1.0
     return {
-        "messages": messages,
+        "messages": translation.messages,
+        "response_format": translation.response_format,
         # More than llm.chat takes could never be generated anyway (the context is shorter).
         "max_tokens": min(req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS, _LLM_CHAT_MAX_TOKENS),
         "temperature": temperature,
@@ -222,8 +239,12 @@ def _usage(reply: Any) -> CompletionUsage:
     )
 
 
-def _finish(reason: str) -> str:
-    return reason if reason in ("stop", "length") else "stop"
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def _event(obj: dict[str, Any]) -> bytes:

@@ -2,7 +2,8 @@
 
 Requests are validated strictly (`false` is a boolean, `0` is not), ignore fields they do not
 know (OpenAI clients send many harmless ones: user, presence_penalty, ...), and refuse what
-llmos cannot honour (`n` > 1, `tools`, `logprobs`). Responses are declared too, so the
+llmos cannot honour (`n` > 1, `logprobs`, the legacy `functions`). Tools, tool_choice and
+response_format are servers/openai_tools.py's models. Responses are declared too, so the
 OpenAPI document at /openapi.json describes every body the API returns, and the schemathesis
 test holds the server to it.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, field_validator
+
+from llmos.servers.openai_tools import ResponseFormat, ToolCallIn, ToolChoice, ToolDef
 
 
 def _exactly(kinds: tuple[type, ...], name: str, value: Any) -> Any:
@@ -35,6 +38,8 @@ class ChatMessage(BaseModel):
     model_config = {"extra": "ignore"}
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = Field(default=None, description="an assistant message's calls")
+    tool_call_id: str | None = Field(default=None, description="a tool message: the call it answers")
 
 
 class StreamOptions(BaseModel):
@@ -55,9 +60,21 @@ class CompletionRequest(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice is supported")
-    tools: list[Any] | None = Field(default=None, max_length=0, description="not supported yet")
+    tools: list[ToolDef] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: ResponseFormat | None = None
     logprobs: Literal[False] | None = Field(default=None, description="not supported")
+    functions: list[Any] | None = Field(default=None, max_length=0, description="legacy, not supported: use tools")
+    function_call: None = Field(default=None, description="legacy, not supported: use tool_choice")
     ignore_eos: StrictBool = False
+    # Guided decoding as vLLM (guided_*) and SGLang (regex, ebnf) name it; one at most, and not
+    # with response_format. A grammar is Lark or GBNF (llm.chat's response_format "grammar").
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
 
     @field_validator("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", mode="before")
     @classmethod
@@ -84,15 +101,30 @@ class CompletionUsage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # null when the reply is tool calls
+    tool_calls: list[ToolCallOut] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     logprobs: None = None
 
 
@@ -105,15 +137,28 @@ class ChatCompletion(BaseModel):
     usage: CompletionUsage
 
 
+class FunctionDelta(BaseModel):
+    name: str | None = None  # in a call's first chunk
+    arguments: str | None = None  # a piece of the arguments' JSON text
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None  # in a call's first chunk, with type and name
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: None = None
 
 

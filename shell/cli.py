@@ -1,4 +1,10 @@
-"""The `llmos` command: run, demo, shell, bench."""
+"""The `llmos` command: run, demo, shell, daemon, bench.
+
+The wiring of the shell: it turns flags into a KernelConfig and, for the commands that run a
+kernel in this process (run, demo, shell --local), hands the client modules a `Boot` from
+shell/boot.py; the daemon and the benchmarks are imported only when asked for. So `llmos shell`
+and `llmos run --remote` load the ABI and the SDK, not the kernel (or torch).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,18 @@ import os
 import sys
 from pathlib import Path
 
-from llmos.config import ISOLATIONS, KernelConfig
-from llmos.kernel.memory.pagetable import POLICIES as PAGE_POLICIES
-from llmos.kernel.model.scheduler import POLICIES
+from llmos.abi.kstat import SCHED_POLICIES
+from llmos.abi.mem import PAGE_POLICIES
+from llmos.config import ISOLATIONS, WEIGHT_MODES, KernelConfig
 
 
 def _kernel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel")
     g.add_argument("--model", default=None, help="model: 'smollm2' (default), a local path or a Hugging Face id")
-    g.add_argument("--policy", choices=POLICIES, default="rr", help="scheduling policy (default rr)")
+    g.add_argument("--weights", choices=WEIGHT_MODES, default=None,
+                   help="weight format: fp32 (default, exact), fp16, bf16, int8 / int4 (weight-only), w8a8 (LLMOS_WEIGHTS)")
+    g.add_argument("--device", choices=["cpu", "cuda"], default=None, help="where the model runs (LLMOS_DEVICE; default cpu)")
+    g.add_argument("--policy", choices=SCHED_POLICIES, default="rr", help="scheduling policy (default rr)")
     g.add_argument("--max-batch", type=int, default=32, help="sequences decoded per forward pass")
     g.add_argument("--quantum", type=int, default=32, help="tokens per time slice before preemption")
     g.add_argument("--kv-budget-mb", type=float, default=4096.0, help="retained KV cache of all processes, MB")
@@ -34,7 +43,7 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--mem-page-tokens", type=int, help="tokens per context page (128)")
     m.add_argument("--mem-budget", type=int, help="resident tokens per process memory (2048)")
     m.add_argument("--mem-global-budget", type=int, help="resident tokens of all memories together (65536)")
-    m.add_argument("--mem-policy", choices=list(PAGE_POLICIES), help="page replacement policy (clock)")
+    m.add_argument("--mem-policy", choices=PAGE_POLICIES, help="page replacement policy (clock)")
     m.add_argument("--chroma-url", help="swap pages to this chroma server instead of the embedded store")
 
 
@@ -54,6 +63,10 @@ def config_from(args: argparse.Namespace) -> KernelConfig:
         cfg.isolation = args.isolation
     if args.model:
         cfg.model = args.model
+    if args.weights:
+        cfg.weights = args.weights
+    if args.device:
+        cfg.device = args.device
     for flag, name in (("mem_page_tokens", "page_tokens"), ("mem_budget", "budget"), ("mem_global_budget", "global_budget"),
                        ("mem_policy", "policy"), ("chroma_url", "chroma_url")):
         if getattr(args, flag) is not None:
@@ -101,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_args(daemon)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["sched", "syscalls", "memory", "isolation"], help="which benchmark")
+    bench.add_argument("which", choices=["sched", "syscalls", "memory", "isolation", "structured", "serve", "quality"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -116,24 +129,43 @@ def main(argv: list[str] | None = None) -> int:
 
         return trio.run(run_remote, args.program, args.args, args.quiet, args.socket)
     if args.command == "run":
+        from llmos.shell.boot import booter
         from llmos.shell.run import run_program
 
-        return trio.run(run_program, config_from(args), args.program, args.args, args.quiet)
+        return trio.run(run_program, booter(config_from(args)), args.program, args.args, args.quiet)
     if args.command == "daemon":
         return _daemon(args)
     if args.command == "demo":
+        from llmos.shell.boot import booter
         from llmos.shell.demo import demo
 
-        return trio.run(demo, config_from(args), args)
+        return trio.run(demo, booter(config_from(args)), args)
     if args.command == "shell":
         from llmos.shell.shell import run_shell
 
-        return trio.run(run_shell, config_from(args), args.socket, args.local)
+        local = None
+        if args.local:
+            from llmos.shell.boot import booter
+
+            local = booter(config_from(args))
+        return trio.run(run_shell, args.socket, local)
     if args.command == "bench":
         if args.which == "memory":
             from llmos.benchmarks import memory
 
             return memory.main(args.rest)
+        if args.which == "structured":
+            from llmos.benchmarks import structured
+
+            return structured.main(args.rest)
+        if args.which == "serve":
+            from llmos.benchmarks import serve
+
+            return serve.main(args.rest)
+        if args.which == "quality":
+            from llmos.benchmarks import quality
+
+            return quality.main(args.rest)
         if args.which == "syscalls":
             from llmos.benchmarks import syscalls
 

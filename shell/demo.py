@@ -4,6 +4,9 @@ Default: the three bundled examples (a chat, a summarizer and a fan-out with thr
 run concurrently. `--agents N`: N question-answering agents, for measuring throughput.
 `--baseline`: afterwards, replay every LLM call the agents made with HF `generate`, one call at
 a time, and report both figures from the same run.
+
+A client of the syscall API: the kernel comes from the `Boot` that cli.py passes in
+(shell/local.py); the agents are spawned, reaped and watched through a session's `Sys`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from llmos.config import KernelConfig
-from llmos.kernel.proc.capabilities import Capabilities
-from llmos.kernel.state.events import Event
-from llmos.runtime import boot, local_handle
+from llmos.abi.log import LogEvent
+from llmos.shell.local import Boot
 
 QUESTIONS = [
     "What is an operating system?", "Why do computers use binary?", "What is a compiler?",
@@ -58,7 +59,7 @@ class LiveView:
         self.names: dict[int, str] = {}
         self.status: dict[int, str] = {}
 
-    def feed(self, event: Event) -> None:
+    def feed(self, event: LogEvent) -> None:
         pid = event.pid
         if event.kind == "spawn":
             self.names[pid] = event.text.split(" ", 1)[0]
@@ -86,16 +87,16 @@ class LiveView:
         return grid
 
 
-async def demo(config: KernelConfig, args: argparse.Namespace) -> int:
+async def demo(boot: Boot, args: argparse.Namespace) -> int:
     console = Console()
     console.print("[bold]llmos demo[/]: loading the model…")
     workdir = Path(tempfile.mkdtemp(prefix="llmos-demo-"))
     (workdir / "history.txt").write_text(SAMPLE_TEXT)
-    async with boot(config) as kernel:
+    async with boot() as kernel:
         recorded = kernel.record_llm_calls() if args.baseline else []
-        sh = local_handle(kernel, kernel.session("demo", Capabilities(fs_root=workdir)))
+        sh = kernel.session("demo", fs_root=workdir)
         view = LiveView()
-        with kernel.events.watch() as events:
+        with kernel.watch() as events:
             started = time.perf_counter()
             pids = await _spawn_agents(sh, args)
             results = []
@@ -130,10 +131,8 @@ async def demo(config: KernelConfig, args: argparse.Namespace) -> int:
         }
         _print_results(console, results)
         if args.baseline:
-            from llmos.benchmarks.baseline import sequential_generate
-
             console.print(f"replaying {len(recorded)} LLM calls with HF generate, one at a time…")
-            base = await trio.to_thread.run_sync(sequential_generate, kernel.backend, recorded)
+            base = await kernel.replay_baseline(recorded)
             figures.update(
                 baseline_tokens=base.tokens,
                 baseline_seconds=round(base.seconds, 3),

@@ -1,4 +1,6 @@
-"""`llmos run PROGRAM [ARGS]`: boot a kernel, run one program, stream what it does."""
+"""`llmos run PROGRAM [ARGS]`: run one program on a kernel booted here (or, with --remote, here
+against the daemon's kernel) and stream what it does. A client of the syscall API: the kernel
+comes from the `Boot` that cli.py passes in (shell/local.py)."""
 
 from __future__ import annotations
 
@@ -12,16 +14,15 @@ from rich.markup import escape
 
 from llmos.abi import ProcessExit
 from llmos.abi.errors import SyscallError
+from llmos.abi.log import LogEvent
 from llmos.abi.program import ProgramError, locate
 from llmos.agents import program
-from llmos.config import KernelConfig
-from llmos.kernel.state.events import Event
-from llmos.runtime import boot, session
+from llmos.shell.local import Boot
 
 EXIT_USAGE = 2
 
 
-def render_event(console: Console, event: Event, names: dict[int, str]) -> None:
+def render_event(console: Console, event: LogEvent, names: dict[int, str]) -> None:
     """Print one kernel event: generated text inline, log lines and lifecycle on their own line.
     (For one process at a time, as `logs -f` and `attach` follow one; `llmos run` uses Voices.)"""
     who = names.get(event.pid, str(event.pid))
@@ -58,7 +59,7 @@ class Voices:
         self.answers: dict[int, list[str]] = {}  # its latest completions (llm.chat ends each with a "\n" event)
         self._current: dict[int, str] = {}
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: LogEvent) -> None:
         if event.kind == "text":
             self.streamed[event.pid] = (self.streamed.get(event.pid, "") + event.text)[-8000:]
             if event.text == "\n":
@@ -130,7 +131,7 @@ class Voices:
         return text[: match.a] + "(streamed above)" + text[match.a + match.size :]
 
 
-async def run_program(config: KernelConfig, spec: str, args: list[str], quiet: bool = False) -> int:
+async def run_program(boot: Boot, spec: str, args: list[str], quiet: bool = False) -> int:
     console = Console(stderr=quiet)
     err = Console(stderr=True)
     try:
@@ -138,15 +139,15 @@ async def run_program(config: KernelConfig, spec: str, args: list[str], quiet: b
     except ProgramError as exc:
         err.print(f"[red]llmos run:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_USAGE
-    async with boot(config) as kernel:
-        sh = session(kernel, "run")
-        with kernel.events.watch() as events:
+    async with boot() as kernel:
+        sh = kernel.session("run")
+        with kernel.watch() as events:
             try:
                 pid = await sh.proc.spawn(spec, *args)
             except SyscallError as exc:
                 err.print(f"[red]llmos run:[/] {escape(exc.message)}", soft_wrap=True)
                 return EXIT_USAGE
-            names = {pid: kernel.procs.get(pid).name}
+            names = {p.pid: p.name for p in await sh.proc.ps() if p.pid == pid}
             voices = Voices(console, names)
 
             async def show() -> None:

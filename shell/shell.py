@@ -3,8 +3,12 @@
 The shell is a session process: every command is a syscall made on its behalf, so it can do
 exactly what an agent with full capabilities could, and nothing behind the kernel's back.
 It talks to the running daemon (the same commands, over the daemon's socket) and says which
-one and how it found it; with --local it boots a kernel of its own instead. Without a daemon
+one and how it found it; with --local it runs on a kernel of its own instead. Without a daemon
 and without --local it says so and stops, rather than quietly booting a kernel nobody else sees.
+
+A client of the syscall API only: it holds a `Sys` handle, never a kernel object, and imports
+the ABI, the SDK and llmos.config (an import-linter contract in pyproject.toml). The --local
+kernel is booted by shell/boot.py and handed in by cli.py as a `Boot` (shell/local.py).
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from llmos.abi.errors import Errno, SyscallError
 from llmos.abi.mem import MemStat, Why
 from llmos.abi.proc import ProcInfo
 from llmos.agents.sdk import Sys
-from llmos.config import KernelConfig, data_dir
-from llmos.runtime import boot, session
+from llmos.config import data_dir
+from llmos.shell.local import Boot
 from llmos.shell.run import render_event
 
 
@@ -186,7 +190,7 @@ class Shell:
     async def stop(self, args: list[str]) -> None:
         (pid,) = _ints(args, 1)
         self._not_itself(pid, "stop")
-        await self.sys.call("proc.signal", pid=pid, signal="stop")
+        await self.sys.proc.signal(pid, "stop")
         self.console.print(f"stopped {pid}")
 
     def _not_itself(self, pid: int, what: str) -> None:
@@ -197,7 +201,7 @@ class Shell:
 
     async def cont(self, args: list[str]) -> None:
         (pid,) = _ints(args, 1)
-        await self.sys.call("proc.signal", pid=pid, signal="cont")
+        await self.sys.proc.signal(pid, "cont")
         self.console.print(f"continued {pid}")
 
     async def attach(self, args: list[str]) -> None:
@@ -478,22 +482,20 @@ def _read_line(prompt: str) -> str | None:
         return None
 
 
-async def run_shell(config: KernelConfig, socket: Path | None = None, local: bool = False) -> int:
-    """Connect to the daemon (or, with `local`, boot a kernel here) and read commands. Which
-    kernel it is, and how it was found, is said first (on stderr, so piped output stays clean)."""
+async def run_shell(socket: Path | None = None, local: Boot | None = None) -> int:
+    """Connect to the daemon (or, given `local`, boot a kernel here with it) and read commands.
+    Which kernel it is, and how it was found, is said first (on stderr, so piped output stays clean)."""
     from llmos.agents.remote import DaemonUnavailable, connect, socket_path
 
     console, note = Console(), Console(stderr=True)
     interactive = _sys.stdin.isatty()
     if interactive:
         _setup_history()
-    if local:
-        async with boot(config) as kernel:
-            loaded = "loaded" if getattr(kernel.backend, "loaded", True) else "loads on its first use"
-            where = (f"local kernel in this process (--local): model {kernel.backend.name} ({loaded}); "
-                     "nothing outside this shell sees it")
+    if local is not None:
+        async with local() as kernel:
+            where = f"local kernel in this process (--local): {kernel.describe()}; nothing outside this shell sees it"
             note.print(f"[bold]llmos shell[/] — {escape(where)}." + (" Type [bold]help[/]." if interactive else ""))
-            return await _repl(Shell(session(kernel, "shell"), console, where=where), interactive)
+            return await _repl(Shell(kernel.session("shell"), console, where=where), interactive)
     path = socket or socket_path()
     how = ("--socket" if socket is not None else "LLMOS_SOCKET" if os.environ.get("LLMOS_SOCKET")
            else f"the data directory, {'LLMOS_HOME' if os.environ.get('LLMOS_HOME') else 'default'}")

@@ -13,6 +13,7 @@ from llmos.syscalls.table import Call, syscall
 async def stat(call: Call, req: Empty) -> KernelStat:
     k = call.kernel
     s, kv = k.engine.stats, k.engine.kv_usage()
+    counts = kv.counts
     return KernelStat(
         model=k.backend.name,
         policy=k.scheduler.policy,
@@ -29,8 +30,19 @@ async def stat(call: Call, req: Empty) -> KernelStat:
         preemptions=k.scheduler.preemptions,
         kv_bytes=kv.used_bytes,
         kv_budget_bytes=kv.budget_bytes,
-        kv_evictions=kv.evictions,
-        shared_prefix_tokens=kv.shared_prefix_tokens,
+        kv_evictions=counts.evictions,
+        shared_prefix_tokens=counts.shared_prefix_tokens,
+        prefix_lookups=counts.lookups,
+        prefix_hits=counts.hits,
+        prefix_hit_rate=round(counts.hit_rate, 4),
+        prefix_prompt_tokens=counts.prompt_tokens,
+        prefix_reused_tokens=counts.reused_tokens,
+        prefix_token_hit_rate=round(counts.token_hit_rate, 4),
+        prefix_retired=kv.retired,
+        prefix_retired_bytes=kv.retired_bytes,
+        prefix_adopted=counts.adopted,
+        weights=getattr(k.backend, "weights", ""),  # a remote model has neither
+        device=str(getattr(k.backend, "device", "")),
         failed_steps=s.failed_steps,
         journal_failures=k.journal.failures if k.journal is not None else 0,
         journal_error=k.journal.last_error if k.journal is not None else None,

@@ -84,10 +84,13 @@ def test_openapi_metrics_and_console_api(tiny_backend):
                  'llmos_syscalls_total{result="OK",syscall="llm.chat"}', 'llmos_syscalls_total{result="ENOSYS",syscall="(no such syscall)"}',
                  'llmos_processes{state="ZOMBIE"}', "llmos_batch_occupancy", "llmos_waiting_sequences",
                  "llmos_kv_bytes", "llmos_kv_evictions_total", "llmos_prefix_cache_hits_total", "llmos_preemptions_total",
+                 "llmos_prefix_cache_retired_bytes", "llmos_prefix_cache_adopted_total",
                  "llmos_memory_page_faults_total", "llmos_tokens_per_second", "llmos_http_auth_failures_total 1.0"):
         assert line in metrics, line
     ttft_count = next(line for line in metrics.splitlines() if line.startswith("llmos_ttft_seconds_count"))
     assert float(ttft_count.split()[-1]) >= 2  # one per completion
+    lookups = next(line for line in metrics.splitlines() if line.startswith("llmos_prefix_cache_lookups_total"))
+    assert float(lookups.split()[-1]) >= 2  # every prompt looks in the prefix cache
     assert page.status_code == 200 and "app.js" in page.text and page.headers["referrer-policy"] == "no-referrer"
     assert script.status_code == 200 and "sessionStorage" in script.text
 

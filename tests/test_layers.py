@@ -45,6 +45,20 @@ def test_remote_sdk_imports_without_torch():
     assert "LOADED []" in r.stdout, r.stdout
 
 
+def test_shell_client_imports_without_torch():
+    """`llmos shell` and `llmos run --remote` are clients of the ABI and the SDK: the command
+    line and the client modules load without the kernel; only shell/boot.py (a kernel booted
+    in the command: run, demo, shell --local) brings it in, and only when asked for."""
+    r = run_python(
+        "import llmos.shell.cli, llmos.shell.shell, llmos.shell.run, llmos.shell.demo, llmos.shell.local\n"
+        "llmos.shell.cli.build_parser().parse_args(['shell', '--policy', 'fair', '--mem-policy', 'lru-k'])\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('llmos.kernel', 'llmos.syscalls', 'llmos.servers', 'llmos.runtime', 'llmos.benchmarks', 'llmos.shell.boot')))\n"
+        "print('LOADED', loaded)\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "LOADED []" in r.stdout, r.stdout
+
+
 def test_the_blocker_really_blocks_torch():
     r = run_python("import llmos.kernel.kernel\n")
     assert r.returncode != 0 and "torch is blocked" in r.stderr
@@ -87,7 +101,8 @@ def test_only_the_process_module_assigns_process_state():
 
 
 def test_import_contracts_hold():
-    """import-linter's contracts (pyproject.toml): the layers, the ABI's and the agents' imports."""
+    """import-linter's contracts (pyproject.toml): the layers, the ABI's, the agents' and the
+    shell client's imports."""
     r = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 

@@ -131,8 +131,8 @@ def test_exited_processes_release_kv(tiny_backend, tmp_path):
     agent = tmp_path / "one_call.py"
     agent.write_text("async def main(sys, args):\n    return (await sys.llm.chat('hi', max_tokens=8)).content\n")
 
-    async def main():
-        async with kernel_with(tiny_backend) as kernel:
+    async def main(sharing: bool):
+        async with kernel_with(tiny_backend, prefix_sharing=sharing) as kernel:
             sh = session(kernel)
             pids = [await sh.proc.spawn(str(agent)) for _ in range(3)]
             during = 0
@@ -141,10 +141,14 @@ def test_exited_processes_release_kv(tiny_backend, tmp_path):
                 await trio.sleep(0.001)
             for _ in pids:
                 await sh.proc.wait()
-            return during, kernel.engine.pool.used_bytes()
+            pool = kernel.engine.pool
+            return during, pool.used_bytes(), pool.retired_bytes()
 
-    during, after = trio.run(main)
-    assert during > 0 and after == 0
+    during, after, retired = trio.run(main, False)
+    assert during > 0 and after == 0 == retired
+    # With the prefix cache, what stays is only the retired caches, for later reuse.
+    during, after, retired = trio.run(main, True)
+    assert during > 0 and after == retired > 0
 
 
 def test_prefix_sharing_reuses_a_common_system_prompt(tiny_backend):

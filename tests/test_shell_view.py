@@ -11,7 +11,7 @@ from conftest import kernel_with, prog
 from daemon_util import daemon_with, short_home
 from rich.console import Console
 
-from llmos.kernel.state.events import Event
+from llmos.abi.log import LogEvent
 from llmos.runtime import session
 from llmos.servers.daemon import INFO_FILE
 from llmos.shell.run import Voices
@@ -25,16 +25,16 @@ def test_voices_never_mix_two_processes_on_a_line():
     while any(cursors[p] < len(t) for p, t in texts.items()):  # tokens of both, interleaved at random
         pid = rng.choice([p for p in texts if cursors[p] < len(texts[p])])
         n = rng.randint(1, 5)
-        events.append(Event(pid, "text", texts[pid][cursors[pid]: cursors[pid] + n]))
+        events.append(LogEvent(pid=pid, kind="text", time=0.0, text=texts[pid][cursors[pid]: cursors[pid] + n]))
         cursors[pid] += n
     out = StringIO()
     voices = Voices(Console(file=out, width=200), {2: "cpu", 3: "ram"})
     for event in events[:9]:
         voices(event)
-    voices(Event(2, "log", "halfway"))
+    voices(LogEvent(pid=2, kind="log", time=0.0, text="halfway"))
     for event in events[9:]:
         voices(event)
-    voices(Event(3, "log", "answer: RAM stands for random access memory, the working space. That is all."))
+    voices(LogEvent(pid=3, kind="log", time=0.0, text="answer: RAM stands for random access memory, the working space. That is all."))
     voices.close()
     lines = out.getvalue().splitlines()
     said = {pid: "".join(line.split("] ", 1)[1] + "\n" for line in lines if line.startswith(f"{name}[{pid}] ") and "halfway" not in line and "answer:" not in line)

@@ -112,10 +112,12 @@ def test_loop_on_the_real_model(real_backend, tmp_path):
 
     async def body(kernel, sh):
         kernel.audit = AuditLog(audit)
-        return await sh.tools.run("What is 17 * 23?", ["calc"], max_steps=2, max_retries=1, max_tokens=48)
+        return await sh.tools.run("What is 17 * 23?", ["calc"], tool_choice="required", max_steps=2, max_retries=1, max_tokens=48)
 
     result = run(real_backend, body)
     assert result.stopped in ("answer", "malformed", "max_steps")
+    # constrained and required: the first reply is a valid call, with the question's expression
+    assert result.steps and result.steps[0].tool == "calc" and result.steps[0].result == {"result": 391}
     conversation = result.messages[6:]  # after the system prompt, the worked example and the task
     replies = [m for m in conversation if m["role"] == "assistant"]
     assert 1 <= len(replies) <= (2 + 1) * (1 + 1)

@@ -127,3 +127,28 @@ def test_shell_commands_for_tools_mounts_and_messages(tiny_backend):
     assert "fx.add(a: integer, b: integer)" in text and "Add two integers." in text and "calc(expression: string)" in text
     assert "unmounted fx" in text and "no tools match" in text
     assert got == [{"n": 1}, "plain words"]
+
+
+def test_tool_loop_constrains_mcp_tools_by_their_own_schemas(tiny_backend):
+    """The tool loop's reply schema holds a mounted tool's arguments to the server's JSON
+    schema; the (random) model's calls are then always valid for it, and run."""
+
+    async def body(kernel, sh):
+        await sh.mcp.mount("fx", sys.executable, SERVER, timeout=60)
+        formats = []
+
+        async def chat(messages, max_tokens, **sampling):
+            formats.append(sampling["response_format"])
+            return (await sh.llm.chat(messages, max_tokens=max_tokens, **sampling)).content
+
+        result = await sh.tools.run("Add 2 and 3.", ["fx.add"], tool_choice="required", max_steps=1, chat=chat)
+        return formats, result
+
+    formats, result = run(tiny_backend, body)
+    schema = formats[0]["json_schema"]
+    assert schema["properties"]["tool"] == {"const": "fx.add"}  # required: a call of the one tool
+    arguments = schema["properties"]["arguments"]
+    assert set(arguments["required"]) == {"a", "b"} and arguments["properties"]["a"]["type"] == "integer"
+    step = result.steps[0]
+    assert step.tool == "fx.add" and isinstance(step.arguments["a"], int) and isinstance(step.arguments["b"], int)
+    assert step.error is None and not result.corrections

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
+from llmos.abi.mem import PAGE_POLICIES
 from llmos.kernel.memory.index import Index
 from llmos.kernel.memory.when import day
 
@@ -297,7 +298,7 @@ class Clock:
         return chosen
 
 
-POLICIES: dict[str, type] = {"lru": LRU, "lru-k": LRUK, "clock": Clock}
+POLICIES: dict[str, type] = dict(zip(PAGE_POLICIES, (LRU, LRUK, Clock), strict=True))  # names from the ABI
 
 
 def make_policy(name: str) -> Policy:

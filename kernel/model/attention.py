@@ -38,6 +38,7 @@ class Segment:
     n: int
     row: int = 0
     window: torch.Tensor | None = None  # kv.buf[..., :start + n, :], made once per step
+    mask: torch.Tensor | None = None  # [n, start + n] which stored positions each query sees, made once per step
 
     def cache(self, layer: int) -> torch.Tensor:
         """[2 (key, value), kv_heads, start + n, dim] of one layer: a view of the cache."""
@@ -50,13 +51,13 @@ class Segment:
 class DecodeBatch:
     """The decoding sequences of a step, one token each, seated in the slab and laid first in
     the flat batch (rows 0..B-1, in slot order). Each layer stores their keys/values with one
-    indexed write and attends them with one call over seats 0..S-1; seats in that range that
+    indexed copy and attends them with one call over seats 0..S-1; seats in that range that
     belong to no decoder of this step see only position 0, and their output is discarded."""
 
     slab: DecodeSlab
     slots: torch.Tensor  # [B] seat of row b
-    positions: torch.Tensor  # [B] the position row b writes
-    mask: torch.Tensor  # [S, 1, 1, L] bool: the positions each seat's query may see
+    targets: torch.Tensor  # [B * kv_heads] where row b's head h is stored in a layer's flat view
+    mask: torch.Tensor  # [S, 1, 1, L]: 0 where a seat's query may see a position, -inf elsewhere
     dense: bool  # slots are exactly 0..B-1: no scatter or gather needed
 
     @classmethod
@@ -64,20 +65,30 @@ class DecodeBatch:
         seats = max(slots) + 1
         length = max(positions) + 1
         slab.finite(seats, length)
+        device = slab.data.device
+        slot_ids, written = torch.tensor(slots), torch.tensor(positions)
         visible = torch.zeros(seats, dtype=torch.long)  # unused seats: position 0 only, never NaN
-        visible[torch.tensor(slots)] = torch.tensor(positions)
-        mask = (torch.arange(length).unsqueeze(0) <= visible.unsqueeze(1)).view(seats, 1, 1, length)
-        return cls(slab, torch.tensor(slots), torch.tensor(positions), mask, dense=seats == len(slots))
+        visible[slot_ids] = written
+        hidden = (torch.arange(length).unsqueeze(0) > visible.unsqueeze(1)).view(seats, 1, 1, length)
+        # Additive, made once per step: a boolean mask is turned into this in every layer's call.
+        mask = torch.zeros(hidden.shape, dtype=slab.data.dtype).masked_fill_(hidden, float("-inf"))
+        # A layer's slab [2, slot, head, position, dim] seen as [2, slot * head * position, dim]:
+        # row b's head h goes to (slot_b * heads + h) * capacity + position_b.
+        heads, capacity = slab.shape.kv_heads, slab.capacity
+        base = slot_ids.unsqueeze(1) * heads + torch.arange(heads).unsqueeze(0)
+        targets = (base * capacity + written.unsqueeze(1)).view(-1)
+        return cls(slab, slot_ids.to(device), targets.to(device), mask.to(device), dense=seats == len(slots))
 
     @property
     def size(self) -> int:
         return self.slots.shape[0]
 
     def attend(self, layer: int, grouped: torch.Tensor, new_kv: torch.Tensor, scale: float) -> torch.Tensor:
-        """grouped: [B, kv_heads, rep, dim] queries; new_kv: [B, 2, kv_heads, dim].
-        Returns [B, kv_heads, rep, dim]."""
+        """grouped: [B, kv_heads, rep, dim] queries; new_kv: [B, 2, kvh, dim] (a view of the
+        projection's output). Returns [B, kv_heads, rep, dim]."""
         data = self.slab.data[layer]  # [2, slot, kv_heads, position, dim]
-        data[:, self.slots, :, self.positions] = new_kv
+        batch, _, heads, dim = new_kv.shape
+        data.view(2, -1, dim).index_copy_(1, self.targets, new_kv.transpose(0, 1).reshape(2, batch * heads, dim))
         seats, length = self.mask.shape[0], self.mask.shape[-1]
         keys, values = data[0, :seats, :, :length], data[1, :seats, :, :length]
         if self.dense:
@@ -109,42 +120,38 @@ class StepContext:
 def attend(
     layer: int,
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    kv: torch.Tensor,
     segments: list[Segment],
     scale: float,
     batch: DecodeBatch | None = None,
 ) -> torch.Tensor:
     """Store the new keys/values of every token in its cache and attend each token's query to
-    its own cache. q: [N, q_heads, dim]; k, v: [N, kv_heads, dim] (rotary applied). The first
-    `batch.size` rows are the seated decoders; `segments` are the rest. Returns [N, q_heads, dim].
+    its own cache. q: [N, q_heads, dim]; kv: [N, 2 (key, value), kv_heads, dim] (rotary applied).
+    The first `batch.size` rows are the seated decoders; `segments` are the rest. Returns
+    [N, q_heads, dim].
 
     This runs once per layer; the per-segment loop runs segments x layers times a step, so it
     keeps its tensor operations few."""
     n_tokens, q_heads, dim = q.shape
-    kv_heads = k.shape[1]
-    rep = q_heads // kv_heads
-    new_kv = torch.stack((k, v), dim=1)  # [N, 2, kv_heads, dim]
-    grouped = q.view(n_tokens, kv_heads, rep, dim)  # query heads grouped by the KV head they share
-    decoded = 0
+    kv_heads = kv.shape[2]
+    grouped = q.view(n_tokens, kv_heads, q_heads // kv_heads, dim)  # query heads grouped by the KV head they share
     if batch is not None:
         decoded = batch.size
-        out = batch.attend(layer, grouped[:decoded], new_kv[:decoded], scale).view(decoded, q_heads, dim)
+        out = batch.attend(layer, grouped[:decoded], kv[:decoded], scale).view(decoded, q_heads, dim)
         if not segments:
             return out
         outputs = [out]
     else:
         outputs = []
     for seg in segments:
-        outputs.append(_attend_segment(layer, seg, q, grouped, new_kv, scale))
-    return torch.cat(outputs, dim=0)
+        outputs.append(_attend_segment(layer, seg, q, grouped, kv, scale))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
 
 
 def _attend_segment(
     layer: int, seg: Segment, q: torch.Tensor, grouped: torch.Tensor, new_kv: torch.Tensor, scale: float
 ) -> torch.Tensor:
     n_tokens, q_heads, dim = q.shape
-    rep = grouped.shape[2]
     rows = slice(seg.row, seg.row + seg.n)
     cache = seg.cache(layer)
     end = seg.start + seg.n
@@ -158,15 +165,13 @@ def _attend_segment(
         out = F.scaled_dot_product_attention(grouped[rows], keys, values, scale=scale)
         return out.view(1, q_heads, dim)
     qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, q_heads, n, dim]
-    if rep > 1:
-        keys = keys.repeat_interleave(rep, dim=1)
-        values = values.repeat_interleave(rep, dim=1)
     if seg.start == 0:
-        out = F.scaled_dot_product_attention(qs, keys, values, is_causal=True, scale=scale)
+        out = F.scaled_dot_product_attention(qs, keys, values, is_causal=True, scale=scale, enable_gqa=True)
     else:
-        # Query i sits at position start+i and may see every position up to it.
-        mask = torch.arange(end).unsqueeze(0) <= (torch.arange(seg.n).unsqueeze(1) + seg.start)
-        out = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, scale=scale)
+        if seg.mask is None:  # query i sits at position start+i and may see every position up to it
+            positions = torch.arange(end, device=q.device)
+            seg.mask = positions.unsqueeze(0) <= positions[seg.start :].unsqueeze(1)
+        out = F.scaled_dot_product_attention(qs, keys, values, attn_mask=seg.mask, scale=scale, enable_gqa=True)
     return out[0].transpose(0, 1)
 
 
@@ -186,7 +191,7 @@ def varlen_attention(
         raise RuntimeError("llmos attention called outside a StepContext")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
-    out = attend(module.layer_idx, q, k, v, step.segments, scale, step.batch)
+    out = attend(module.layer_idx, q, torch.stack((k, v), dim=1), step.segments, scale, step.batch)
     return out.unsqueeze(0), None
 
 

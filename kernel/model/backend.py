@@ -9,11 +9,13 @@ calls `step` once per scheduling round, and sequences join and leave between cal
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 
-from llmos.kernel.model import attention, llama
+from llmos.kernel.model import attention, linear, llama
+from llmos.kernel.model.constraint import Grammars
 from llmos.kernel.model.kvcache import DecodeSlab, KVShape, SequenceKV
 from llmos.kernel.model.llama import LlamaRunner
 
@@ -41,23 +43,47 @@ class StepPlan:
 
 class Backend:
     def __init__(
-        self, model: Any, tokenizer: Any, name: str = "model", threads: int = 0, lean: bool = True, slots: int = 32
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str = "model",
+        threads: int = 0,
+        lean: bool = True,
+        slots: int = 32,
+        weights: str = "fp32",
+        device: str | torch.device = "cpu",
     ) -> None:
         attention.register()
         if threads > 0:
             torch.set_num_threads(threads)
+        self.device = _device(device)
+        self.reference_released = False
+        self.weights = linear.check_mode(weights, self.device)
         model.set_attn_implementation(attention.ATTN_NAME)
         model.eval()
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         cfg = model.config
+        # Llama-family models get the lean forward; anything else runs transformers' forward
+        # with our attention plugged in.
+        self.runner = None
+        if lean and llama.supports(model):
+            calibration = None
+            if self.weights == "w8a8":  # SmoothQuant's activation ranges, measured on a few prompts
+                calibration = [self.encode_chat([{"role": "user", "content": text}]) for text in llama.CALIBRATION]
+            self.runner = LlamaRunner(model, self.weights, self.device, calibration)
+        if self.runner is None:
+            if self.weights not in ("fp32", "bf16"):
+                raise ValueError(f"--weights {self.weights} needs a llama-family model (the lean forward); use fp32 or bf16")
+            model.to(self.device, linear.compute_dtype(self.weights))
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.shape = KVShape(
             layers=cfg.num_hidden_layers,
             kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
             head_dim=head_dim,
-            dtype=next(model.parameters()).dtype,
+            dtype=linear.compute_dtype(self.weights),
+            device=self.device,
         )
         self.max_context = int(getattr(cfg, "max_position_embeddings", 2048))
         window = getattr(cfg, "sliding_window", None)
@@ -66,9 +92,6 @@ class Backend:
             # sliding-window attention computes, beyond it it is not: contexts stop there.
             self.max_context = min(self.max_context, int(window))
         self.eos_ids = frozenset(_eos_ids(model, tokenizer))
-        # Llama-family models get the lean forward; anything else runs transformers' forward
-        # with our attention plugged in.
-        self.runner = LlamaRunner(model) if lean and llama.supports(model) else None
         self.slab = DecodeSlab(self.shape, slots, min(self.max_context, SLAB_MAX_TOKENS))
 
     @property
@@ -77,11 +100,23 @@ class Backend:
         return self.name
 
     @classmethod
-    def load(cls, spec: str, dtype: str = "float32", threads: int = 0) -> "Backend":
+    def load(cls, spec: str, weights: str = "fp32", threads: int = 0, device: str = "cpu") -> "Backend":
         from llmos.kernel.model import modelstore
 
-        model, tokenizer, name = modelstore.load(spec, dtype)
-        return cls(model, tokenizer, name, threads)
+        model, tokenizer, name = modelstore.load(spec)
+        backend = cls(model, tokenizer, name, threads, weights=weights, device=device)
+        if backend.weights != "fp32" and backend.runner is not None:
+            backend.release_reference()  # the model is ours alone: its fp32 copy is dead weight
+        return backend
+
+    def release_reference(self) -> None:
+        """Free transformers' own copy of the weights once the lean forward has its own (in its
+        weight format): without it the RSS of a quantized mode would still hold the fp32 model.
+        `hf_generate` needs that copy, so it is only for backends that own their model."""
+        for param in self.model.parameters():  # (a tensor the runner shares stays alive through it)
+            param.data = param.data.new_empty(0)
+        self.reference_released = True
+        _return_freed_memory()
 
     # -- text <-> tokens ---------------------------------------------------------------
 
@@ -102,6 +137,11 @@ class Backend:
 
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.shape)
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """Constraint compiler for this model's tokenizer; masks are as wide as its logits."""
+        return Grammars(self.tokenizer, int(self.model.config.vocab_size), self.eos_ids)
 
     # -- the batched step --------------------------------------------------------------
 
@@ -139,7 +179,8 @@ class Backend:
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor:
         """The forward pass of a plan; returns the logits of its `keep` rows."""
-        ids, positions, keep = torch.tensor(plan.ids), torch.tensor(plan.positions), plan.keep
+        ids = torch.tensor(plan.ids, device=self.device)
+        positions, keep = torch.tensor(plan.positions, device=self.device), plan.keep
         if self.runner is not None:
             logits = self.runner.forward(ids, positions, plan.segments, keep, plan.batch)
         else:
@@ -148,22 +189,25 @@ class Backend:
                     input_ids=ids.unsqueeze(0),
                     position_ids=positions.unsqueeze(0),
                     use_cache=False,
-                    logits_to_keep=torch.tensor(keep, dtype=torch.long) if keep else 1,
+                    logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device) if keep else 1,
                 )
             logits = out.logits[0] if keep else out.logits[0, :0]
         for item in plan.items:
             item.kv.token_ids.extend(item.tokens)
-        return logits.float()
+        return logits.float().cpu()  # sampling (and its seeded generators) runs on the CPU
 
     @torch.inference_mode()
     def hf_generate(self, prompt_ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
         """Greedy completion by transformers' own `generate`, one request alone: the reference
         that batched outputs are checked against, and the baseline that benchmarks beat."""
+        if self.reference_released:
+            raise RuntimeError(f"transformers' copy of the weights was released (--weights {self.weights}): use fp32")
         self.model.set_attn_implementation("sdpa")
         try:
+            device = next(self.model.parameters()).device
             out = self.model.generate(
-                torch.tensor([prompt_ids]),
-                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                torch.tensor([prompt_ids], device=device),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=max_new_tokens if ignore_eos else None,
                 do_sample=False,
@@ -202,6 +246,25 @@ def _worth_batching(decoders: list[WorkItem]) -> list[WorkItem]:
         if cost < best_cost:
             best_k, best_cost = k, cost
     return ordered[:best_k]
+
+
+def _return_freed_memory() -> None:
+    """Ask glibc to hand freed heap pages back to the OS (large frees mostly are already)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch has no CUDA device available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device}; choose cpu or cuda")
+    return device
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -18,15 +18,17 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Protocol
 
+import torch
 import trio
 
 from llmos.abi.proc import ProcState
 from llmos.kernel.model.backend import Backend, StepPlan, WorkItem
-from llmos.kernel.model.kvcache import KVPool
-from llmos.kernel.model.sampling import SamplingParams, sample
+from llmos.kernel.model.constraint import Constraint, ConstraintSpec, apply_masks
+from llmos.kernel.model.kvcache import KVPool, KVStats
+from llmos.kernel.model.sampling import SamplingParams, sample_batch
 from llmos.kernel.model.scheduler import Scheduled, Scheduler
 from llmos.kernel.model.sequence import SeqStatus, Sequence
 from llmos.kernel.proc.process import Process
@@ -64,9 +66,11 @@ class EngineStats:
     tokens_prefilled: int = 0
     busy_time: float = 0.0  # seconds inside forward passes
     failed_steps: int = 0  # forward passes that raised; their requests failed with EIO
+    mask_time: float = 0.0  # seconds computing, applying and advancing constraints (in busy_time)
+    masked_rows: int = 0  # next tokens chosen under a constraint
+    masked_steps: int = 0  # steps that chose at least one token under a constraint
+    masked_step_time: float = 0.0  # seconds of those steps (masking's share: mask_time / this)
     batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
-    prefix_hits: int = 0  # requests whose prompt began with KV already computed (retained or shared)
-    cached_tokens: int = 0  # prompt tokens those requests did not prefill
     ttft: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(TTFT_BUCKETS))  # submit -> first token
     inter_token: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(INTER_TOKEN_BUCKETS))
 
@@ -82,8 +86,9 @@ class KVUsage:
 
     used_bytes: int = 0
     budget_bytes: int = 0
-    evictions: int = 0
-    shared_prefix_tokens: int = 0
+    retired: int = 0  # exited processes' caches held now, in the prefix cache
+    retired_bytes: int = 0
+    counts: KVStats = field(default_factory=KVStats)  # evictions and the prefix cache's hits, all time
 
 
 class Model(Protocol):
@@ -135,8 +140,16 @@ class Engine:
         self._last_token_at: dict[int, float] = {}  # id(request) -> when its latest token came
         self.recorded: list[tuple[Any, SamplingParams]] | None = None  # a list: every request is kept there
 
-    def submit_chat(self, proc: Process, messages: list[dict[str, str]], params: SamplingParams) -> Request:
-        """Queue a chat completion for `proc` (which is READY on "llm" until it is in the batch)."""
+    async def constrain(self, spec: ConstraintSpec) -> Any:
+        """What submit_chat takes as `constraint` for a response format (compiled, or checked
+        and passed on); InvalidConstraint says what is wrong with it."""
+        raise NotImplementedError
+
+    def submit_chat(
+        self, proc: Process, messages: list[dict[str, str]], params: SamplingParams, constraint: Any = None
+    ) -> Request:
+        """Queue a chat completion for `proc` (which is READY on "llm" until it is in the batch),
+        its reply held to `constraint` (from `constrain`) if given."""
         raise NotImplementedError
 
     async def run(self) -> None:
@@ -145,6 +158,10 @@ class Engine:
 
     def kv_usage(self) -> KVUsage:
         return KVUsage()
+
+    def retire(self, proc: Process) -> None:
+        """`proc` exited: what it holds in the engine goes (an engine with a prefix cache keeps it)."""
+        proc.kv = None
 
     def _queue(self, proc: Process, request: Any, recorded: Any) -> None:
         send, recv = trio.open_memory_channel[str](math.inf)
@@ -227,17 +244,25 @@ class BatchEngine(Engine):
         self.prefix_sharing = prefix_sharing
 
     def kv_usage(self) -> KVUsage:
-        return KVUsage(
-            self.pool.used_bytes(), self.pool.budget_bytes, self.pool.stats.evictions, self.pool.stats.shared_prefix_tokens
-        )
+        pool = self.pool
+        return KVUsage(pool.used_bytes(), pool.budget_bytes, pool.retired_count, pool.retired_bytes(), replace(pool.stats))
 
     # -- the process side ---------------------------------------------------------------
 
-    def submit_chat(self, proc: Process, messages: list[dict[str, str]], params: SamplingParams) -> Sequence:
-        """Queue a chat completion: the messages go through the model's chat template."""
-        return self.submit(proc, self.backend.encode_chat(messages), params)
+    async def constrain(self, spec: ConstraintSpec) -> Constraint:
+        """Compile a constraint for a request (in a worker thread: a schema takes milliseconds,
+        the tokenizer's tables a second the first time). InvalidConstraint says what is wrong."""
+        return await trio.to_thread.run_sync(self.backend.grammars.compile, spec)
 
-    def submit(self, proc: Process, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+    def submit_chat(
+        self, proc: Process, messages: list[dict[str, str]], params: SamplingParams, constraint: Constraint | None = None
+    ) -> Sequence:
+        """Queue a chat completion: the messages go through the model's chat template."""
+        return self.submit(proc, self.backend.encode_chat(messages), params, constraint)
+
+    def submit(
+        self, proc: Process, prompt_ids: list[int], params: SamplingParams, constraint: Constraint | None = None
+    ) -> Sequence:
         """Queue one completion for `proc`. Whatever prefix of the prompt the process's retained
         KV cache already holds is reused, not prefilled again."""
         room = self.backend.max_context - len(prompt_ids)
@@ -246,19 +271,23 @@ class BatchEngine(Engine):
                 f"prompt is {len(prompt_ids)} tokens; the model's context holds {self.backend.max_context}"
             )
         params.max_tokens = min(params.max_tokens, room)
-        kv = proc.kv if proc.kv is not None else self.pool.new()
+        if proc.kv is not None:
+            kv = proc.kv
+        elif self.prefix_sharing:  # a new context: perhaps an exited process's cache starts it
+            kv = self.pool.acquire(prompt_ids[:-1])
+        else:
+            kv = self.pool.new()
         kv.restore()
         # Keep the cached prefix, but always feed the last prompt token: its logits are needed.
         kv.truncate(min(kv.common_prefix(prompt_ids), len(prompt_ids) - 1))
         if self.prefix_sharing:
             self.pool.share_prefix(kv, prompt_ids[:-1])
+        self.pool.note_prompt(len(prompt_ids) - 1, kv.length)
         proc.kv = kv
         proc.prompt_tokens += len(prompt_ids)
         seq = Sequence(proc, prompt_ids, params, kv, self.backend.decode, self.backend.eos_ids)
         seq.cached_tokens = kv.length
-        if kv.length:
-            self.stats.prefix_hits += 1
-            self.stats.cached_tokens += kv.length
+        seq.constraint = constraint
         self._queue(proc, seq, list(prompt_ids))
         return seq
 
@@ -266,6 +295,17 @@ class BatchEngine(Engine):
         # A forward pass may still be writing this cache: the process starts a fresh one.
         if seq.owner.kv is seq.kv:
             seq.owner.kv = None
+
+    def retire(self, proc: Process) -> None:
+        """`proc` exited: its KV cache joins the prefix cache (kvcache.KVPool.retire), unless a
+        sequence of it is still queued or in the batch (a killed session's request, whose
+        release has not run yet): that cache may still be written, so nobody may reuse it."""
+        kv, proc.kv = proc.kv, None
+        if kv is None or not self.prefix_sharing:
+            return
+        if any(seq.kv is kv for seq in self.scheduler.running + self.scheduler.waiting):
+            return
+        self.pool.retire(kv)
 
     # -- the kernel side ----------------------------------------------------------------
 
@@ -305,15 +345,33 @@ class BatchEngine(Engine):
 
     def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
         logits = self.backend.run(layout)
-        tokens: list[int | None] = []
-        row = 0
-        for s in plan:
-            if s.want_logits:
-                tokens.append(sample(logits[row], s.seq.params, s.seq.generator))
-                row += 1
-            else:
-                tokens.append(None)
-        return tokens
+        sampled = [s.seq for s in plan if s.want_logits]
+        constrained = [(row, seq.constraint) for row, seq in enumerate(sampled) if seq.constraint is not None]
+        if constrained:
+            self._mask(logits, constrained)
+        picks = sample_batch(logits, [seq.params for seq in sampled], [seq.generator for seq in sampled])
+        if constrained:
+            started = time.perf_counter()
+            for row, constraint in constrained:
+                constraint.advance(picks[row])
+            self.stats.mask_time += time.perf_counter() - started
+        rows = iter(picks)
+        return [next(rows) if s.want_logits else None for s in plan]
+
+    def _mask(self, logits: torch.Tensor, constrained: list[tuple[int, Constraint]]) -> None:
+        """Mask the logits of constrained rows to what their constraints allow: one bitmask row
+        each, filled by the grammar library, applied in one call. A constraint that allows
+        nothing (its matcher failed) is left unmasked: its token ends it with the error."""
+        started = time.perf_counter()
+        bitmask = torch.empty(len(constrained), constrained[0][1].words, dtype=torch.int32)
+        for i, (_, constraint) in enumerate(constrained):
+            constraint.fill(bitmask[i])
+        allows = bitmask.any(dim=1).tolist()
+        rows = [row for (row, _), ok in zip(constrained, allows) if ok]
+        if rows:
+            apply_masks(logits, rows, bitmask[torch.tensor(allows)] if not all(allows) else bitmask)
+        self.stats.mask_time += time.perf_counter() - started
+        self.stats.masked_rows += len(constrained)
 
     def _finish_step(self, plan: list[Scheduled], items: list[WorkItem], tokens: list[int | None], elapsed: float) -> None:
         for item in items:
@@ -322,6 +380,9 @@ class BatchEngine(Engine):
         self.stats.steps += 1
         self.stats.busy_time += elapsed
         self.stats.note_batch(len(plan))
+        if any(s.want_logits and s.seq.constraint is not None for s in plan):
+            self.stats.masked_steps += 1
+            self.stats.masked_step_time += elapsed
         for s, item, token in zip(plan, items, tokens):
             seq, proc = s.seq, s.seq.owner
             if seq.cancelled:

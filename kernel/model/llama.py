@@ -2,9 +2,17 @@
 
 transformers' own forward spends much of a small model's decode step in module plumbing;
 this one runs the same math on the same weights as plain tensor code over the flat token
-batch: RMSNorm, rotary, projections (q/k/v fused into one matmul, gate/up into another, each
-weight pre-packed for oneDNN), attention through `attention.attend`, and logits only for the
-rows that are sampled. transformers remains the
+batch, with as few tensor operations per layer as the math allows, since at one or a few
+tokens a step each operation's fixed cost (~5-10 us) adds up to as much as the matmuls:
+  - RMSNorm is one `F.rms_norm` call (bit for bit transformers' LlamaRMSNorm);
+  - q, k and v come from one matmul, gate and up from another, and the residual adds ride on
+    the o and down projections (`linear.PackedLinear.add`: a oneDNN post-op);
+  - rotary embedding reads cos/sin from a table made once (transformers' own rotary module
+    evaluated at every position) with the sign of rotate_half folded into sin, and is applied
+    to q and k together, in place in the projection's output, so keys and values need no copy
+    before they are stored;
+  - logits only for the rows that are sampled.
+Weights are stored in one of the formats of `linear.py` (--weights). transformers remains the
 loader, and the fallback for any architecture not listed here.
 """
 
@@ -17,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from llmos.kernel.model.attention import DecodeBatch, Segment, attend
+from llmos.kernel.model.linear import Int8Linear, Linear, compute_dtype, make_linear
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 
@@ -31,63 +40,86 @@ def supports(model: Any) -> bool:
     return rope.get("rope_type", "default") != "dynamic"
 
 
-class Linear:
-    """y = x W^T + b with W packed once, at load, into oneDNN's blocked layout for this CPU.
-    A decode step multiplies a few dozen rows by every weight of the model; with the weight
-    pre-blocked, oneDNN skips repacking it on every call, which is most of the cost at small
-    batch sizes (measured ~1.7x on the projections and ~3x on the vocabulary head at 32 rows).
-    Falls back to plain `F.linear` where the op is missing or disagrees with it."""
-
-    PACK_FOR_ROWS = 32  # the batch size the blocking is tuned for
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        weight = weight.detach()
-        self.bias = bias.detach() if bias is not None else None
-        self.packed: torch.Tensor | None = None
-        self.weight: torch.Tensor | None = weight  # only kept when the packed copy is not used
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.PACK_FOR_ROWS)
-            probe = torch.randn(3, weight.shape[1], dtype=weight.dtype)
-            expected = F.linear(probe, weight, self.bias)
-            got = torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "none", [], "")
-            if torch.allclose(got, expected, rtol=1e-2, atol=1e-2):
-                self.packed, self.weight = packed, None
-        except (RuntimeError, AttributeError):
-            pass
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-
 @dataclass
 class Layer:
-    input_norm: Any
+    input_norm: torch.Tensor  # RMSNorm weights
     qkv: Linear  # q, k and v projections in one matmul
     o: Linear
-    post_norm: Any
+    post_norm: torch.Tensor
     gate_up: Linear  # the MLP's gate and up projections in one matmul
     down: Linear
 
 
+# w8a8 (int8 activations): SmoothQuant (Xiao et al., 2023) moves part of each input channel's
+# range from the activations into the weights, W' = W diag(s), X' = X diag(1/s), with
+# s = max|X|^alpha / max|W|^(1 - alpha) per input channel, measured on these prompts at load.
+# 1/s is folded into what produces X: the RMSNorm weights (q/k/v, gate/up), the up projection
+# (down) and the value projection (o), so the model computes the same function in fp32.
+SMOOTHING_ALPHA = 0.65
+HEAD_MODE = {"int4": "int8", "w8a8": "fp16"}
+CALIBRATION = [
+    "Explain how a refrigerator keeps food cold.",
+    "Write a short poem about autumn leaves.",
+    "What were the main causes of the French Revolution?",
+    "List five unusual uses for a paperclip.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n\nExplain this code.",
+    "Translate 'good morning, how are you?' into Spanish and French.",
+]
+
+
 class LlamaRunner:
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(
+        self,
+        model: Any,
+        weights: str = "fp32",
+        device: torch.device | str = "cpu",
+        calibration: list[list[int]] | None = None,
+    ) -> None:
+        self.weights = weights
+        self.device = torch.device(device)
+        self.dtype = compute_dtype(weights)
         inner = model.model
         cfg = model.config
-        self.embed = inner.embed_tokens
-        self.rotary = inner.rotary_emb
-        self.norm = inner.norm
-        self.lm_head = Linear(model.lm_head.weight, model.lm_head.bias)
+        self.hidden = cfg.hidden_size
+        self.eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
         self.q_heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim**-0.5
-        self.layers = [self._layer(layer) for layer in inner.layers]
+        # The vocabulary head is where rounding shows most (it ranks 49k candidates): int4 keeps
+        # it in int8, w8a8 in fp16.
+        self.lm_head = self._linear(model.lm_head.weight, model.lm_head.bias, HEAD_MODE.get(weights, weights))
+        embedding = inner.embed_tokens.weight
+        tied = embedding.data_ptr() == model.lm_head.weight.data_ptr()
+        if tied and isinstance(self.lm_head, Int8Linear):
+            self.embedding: torch.Tensor | None = None  # rows come from the quantized head
+        else:
+            self.embedding = embedding.detach().to(self.device, self.dtype)
+            if weights != "fp32":  # its own copy: transformers' weights (a file mapping) can then go
+                self.embedding = self.embedding.clone()
+        self.norm = self._vector(inner.norm.weight)
+        self.cos, self.sin = self._rotary_tables(inner.rotary_emb, int(getattr(cfg, "max_position_embeddings", 2048)))
+        smoothing = self._smoothing(model, calibration or []) if weights == "w8a8" else None
+        self.layers = [self._layer(layer, smoothing[i] if smoothing else None) for i, layer in enumerate(inner.layers)]
 
-    @staticmethod
-    def _layer(layer: Any) -> Layer:
+    def _linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None, mode: str | None = None) -> Linear:
+        return make_linear(weight, bias, mode or self.weights, self.device)
+
+    def _vector(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.detach().to(self.device, self.dtype)
+
+    def _rotary_tables(self, rotary: Any, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [position, head_dim] from transformers' own rotary module (its scaling
+        included), with rotate_half's sign folded into sin: rotate_half(x) * sin equals
+        swap_halves(x) * signed_sin, so applying it needs no negation."""
+        probe = torch.zeros(1, dtype=torch.float32)
+        cos, sin = rotary(probe, torch.arange(positions).unsqueeze(0))
+        cos, sin = cos[0].float(), sin[0].float()
+        half = self.head_dim // 2
+        sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        return cos.to(self.device, self.dtype), sin.to(self.device, self.dtype)
+
+    def _layer(self, layer: Any, smooth: dict[str, torch.Tensor] | None = None) -> Layer:
         attn, mlp = layer.self_attn, layer.mlp
         if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
             raise ValueError("biased MLP projections are not supported by the lean runner")
@@ -97,14 +129,86 @@ class LlamaRunner:
             bias = torch.cat([b if b is not None else p.weight.new_zeros(p.weight.shape[0]) for p, b in zip(projections, biases)])
         else:
             bias = None
+        qkv = torch.cat([p.weight for p in projections]).detach()
+        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+        o, down = attn.o_proj.weight.detach(), mlp.down_proj.weight.detach()
+        input_norm, post_norm = layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach()
+        if smooth is not None:
+            s = smooth["qkv"]
+            input_norm, qkv = input_norm / s, qkv * s
+            s = smooth["gate_up"]
+            post_norm, gate_up = post_norm / s, gate_up * s
+            s = smooth["down"]  # down's input is silu(gate) * up: divide up's rows
+            gate_up = torch.cat([gate_up[: s.shape[0]], gate_up[s.shape[0] :] / s[:, None]])
+            down = down * s
+            s = smooth["o"]  # o's input is attention over v: divide v's rows (one factor per kv head and dim)
+            q_rows, kv_rows = self.q_heads * self.head_dim, self.kv_heads * self.head_dim
+            v_scale = s.view(self.kv_heads, -1, self.head_dim)[:, 0].reshape(-1)
+            qkv = torch.cat([qkv[: q_rows + kv_rows], qkv[q_rows + kv_rows :] / v_scale[:, None]])
+            if bias is not None:
+                bias = torch.cat([bias[: q_rows + kv_rows], bias[q_rows + kv_rows :] / v_scale])
+            o = o * s
         return Layer(
-            input_norm=layer.input_layernorm,
-            qkv=Linear(torch.cat([p.weight for p in projections]), bias),
-            o=Linear(attn.o_proj.weight, attn.o_proj.bias),
-            post_norm=layer.post_attention_layernorm,
-            gate_up=Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-            down=Linear(mlp.down_proj.weight, mlp.down_proj.bias),
+            input_norm=self._vector(input_norm),
+            qkv=self._linear(qkv, bias),
+            o=self._linear(o, attn.o_proj.bias),
+            post_norm=self._vector(post_norm),
+            gate_up=self._linear(gate_up),
+            down=self._linear(down, mlp.down_proj.bias),
         )
+
+    def _smoothing(self, model: Any, calibration: list[list[int]]) -> list[dict[str, torch.Tensor]]:
+        """SmoothQuant's factors per layer for the inputs of q/k/v, o, gate/up and down: the
+        largest magnitude of each input channel over the calibration prompts (transformers'
+        forward, fp32), balanced against the largest weight that channel meets."""
+        if not calibration:
+            raise ValueError("w8a8 needs calibration prompts")
+        peaks: dict[tuple[int, str], torch.Tensor] = {}
+
+        def record(key: tuple[int, str]) -> Any:
+            def hook(module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+                peak = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0).float()
+                peaks[key] = torch.maximum(peaks[key], peak) if key in peaks else peak
+            return hook
+
+        hooks = []
+        for i, layer in enumerate(model.model.layers):
+            for name, module in (("qkv", layer.self_attn.q_proj), ("o", layer.self_attn.o_proj),
+                                 ("gate_up", layer.mlp.gate_proj), ("down", layer.mlp.down_proj)):
+                hooks.append(module.register_forward_pre_hook(record((i, name))))
+        attention_name = model.config._attn_implementation
+        model.set_attn_implementation("sdpa")
+        try:
+            with torch.inference_mode():  # the prompts one after another: one forward pass
+                model(input_ids=torch.tensor([[t for ids in calibration for t in ids]]), use_cache=False)
+        finally:
+            model.set_attn_implementation(attention_name)
+            for hook in hooks:
+                hook.remove()
+
+        def factor(peak: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+            weight_peak = torch.stack([w.detach().abs().amax(dim=0).float() for w in weights]).amax(dim=0)
+            alpha = SMOOTHING_ALPHA
+            return (peak.clamp(min=1e-5) ** alpha / weight_peak.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+
+        factors = []
+        for i, layer in enumerate(model.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            o = factor(peaks[(i, "o")], attn.o_proj.weight)
+            # o's input channels of one kv head's query heads come from the same v rows: one factor
+            o = o.view(self.kv_heads, -1, self.head_dim).amax(dim=1, keepdim=True).expand(-1, self.q_heads // self.kv_heads, -1)
+            factors.append({
+                "qkv": factor(peaks[(i, "qkv")], attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight),
+                "gate_up": factor(peaks[(i, "gate_up")], mlp.gate_proj.weight, mlp.up_proj.weight),
+                "down": factor(peaks[(i, "down")], mlp.down_proj.weight),
+                "o": o.reshape(-1),
+            })
+        return factors
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            return self.lm_head.rows(ids, self.dtype)  # type: ignore[attr-defined]
+        return F.embedding(ids, self.embedding)
 
     def forward(
         self,
@@ -115,28 +219,25 @@ class LlamaRunner:
         batch: DecodeBatch | None = None,
     ) -> torch.Tensor:
         """ids, positions: [N]. Returns logits [len(keep), vocab] for the rows in `keep`."""
-        x = self.embed(ids)
-        cos, sin = self.rotary(x, positions.unsqueeze(0))
-        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [N, 1, dim], broadcast over heads
         n = ids.shape[0]
-        q_size, kv_size = self.q_heads * self.head_dim, self.kv_heads * self.head_dim
+        heads, kv_heads, dim = self.q_heads, self.kv_heads, self.head_dim
+        rotated_heads = heads + kv_heads  # q and k, side by side in the qkv output
+        x = self.embed(ids)
+        cos = self.cos[positions].unsqueeze(1)  # [N, 1, dim], broadcast over heads
+        sin = self.sin[positions].unsqueeze(1)
+        shape, swapped = (self.hidden,), (n, rotated_heads, 2, dim // 2)
         for index, layer in enumerate(self.layers):
-            h = layer.input_norm(x)
-            q, k, v = layer.qkv(h).split((q_size, kv_size, kv_size), dim=-1)
-            q = q.reshape(n, self.q_heads, self.head_dim)
-            k = k.reshape(n, self.kv_heads, self.head_dim)
-            v = v.reshape(n, self.kv_heads, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            out = attend(index, q, k, v, segments, self.scale, batch).reshape(n, -1)
-            x = x + layer.o(out)
-            h = layer.post_norm(x)
+            h = F.rms_norm(x, shape, layer.input_norm, self.eps)
+            qkv = layer.qkv(h)
+            qk = qkv[:, : rotated_heads * dim].view(n, rotated_heads, dim)
+            rotated = qk.view(swapped).flip(2).view(n, rotated_heads, dim).mul_(sin)
+            qk.mul_(cos).add_(rotated)  # q * cos + rotate_half(q) * sin, as transformers computes it
+            q = qkv[:, : heads * dim].view(n, heads, dim)
+            kv = qkv[:, heads * dim :].view(n, 2, kv_heads, dim)
+            out = attend(index, q, kv, segments, self.scale, batch).view(n, heads * dim)
+            x = layer.o.add(out, x)
+            h = F.rms_norm(x, shape, layer.post_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
-        x = self.norm(x[keep])
+            x = layer.down.add(F.silu(gate).mul_(up), x)
+        x = F.rms_norm(x[keep], shape, self.norm, self.eps)
         return self.lm_head(x)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

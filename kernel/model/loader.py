@@ -24,7 +24,7 @@ async def open_engine(config: KernelConfig, model: Backend | RemoteModel | None 
     if model is None and is_remote(config.model):
         model = await RemoteModel.open(config.model)
     elif model is None:
-        model = await trio.to_thread.run_sync(Backend.load, config.model, config.dtype, config.threads)
+        model = await trio.to_thread.run_sync(Backend.load, config.model, config.weights, config.threads, config.device)
     scheduler = Scheduler(config.policy, config.max_batch, config.quantum, config.prefill_chunk, config.prefill_first)
     return engine_for(model, scheduler, config)
 

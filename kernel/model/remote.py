@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from llmos.kernel.model.constraint import ConstraintSpec, check_schema
 from llmos.kernel.model.engine import Engine
 from llmos.kernel.model.sampling import SamplingParams
 from llmos.kernel.model.scheduler import Scheduler
@@ -102,6 +103,7 @@ class RemoteSequence:
     owner: Process
     messages: list[dict[str, str]]
     params: SamplingParams
+    constraint: ConstraintSpec | None = None  # passed to the server, which constrains decoding
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None
     text: str = ""
@@ -123,8 +125,17 @@ class RemoteEngine(Engine):
         self._in_flight = 0
         self._busy_since = 0.0
 
-    def submit_chat(self, proc: Process, messages: list[dict[str, str]], params: SamplingParams) -> RemoteSequence:
-        seq = RemoteSequence(proc, messages, params)
+    async def constrain(self, spec: ConstraintSpec) -> ConstraintSpec:
+        """The server compiles constraints; a JSON schema is checked here so that an invalid
+        one is EINVAL, as with the local engine, rather than the server's error."""
+        if spec.kind == "json_schema":
+            check_schema(spec.spec)
+        return spec
+
+    def submit_chat(
+        self, proc: Process, messages: list[dict[str, str]], params: SamplingParams, constraint: ConstraintSpec | None = None
+    ) -> RemoteSequence:
+        seq = RemoteSequence(proc, messages, params, constraint)
         self._queue(proc, seq, messages)
         return seq
 
@@ -205,6 +216,8 @@ class RemoteEngine(Engine):
             body["seed"] = p.seed
         if p.ignore_eos:
             body["ignore_eos"] = True  # vLLM's and llmos's extension
+        if seq.constraint is not None:
+            body.update(constraint_fields(seq.constraint))
         return body
 
     def _on_event(self, seq: RemoteSequence, event: Any) -> None:
@@ -237,6 +250,20 @@ class RemoteEngine(Engine):
         self.stats.tokens_generated += tokens
         if tokens > 0:
             self.scheduler.account(seq, tokens)
+
+
+def constraint_fields(spec: ConstraintSpec) -> dict[str, Any]:
+    """A constraint in the request fields OpenAI-protocol servers read: response_format for JSON
+    (OpenAI, vLLM, SGLang, llmos); a regex or grammar as vLLM's guided_* and SGLang's fields (a
+    server reads its own and ignores the other's; llmos reads both). The grammar text goes as
+    given: vLLM with its guidance backend reads Lark, SGLang reads EBNF."""
+    if spec.kind == "json_schema":
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "llmos", "schema": spec.spec, "strict": True}}}
+    if spec.kind == "json_object":
+        return {"response_format": {"type": "json_object"}}
+    if spec.kind == "regex":
+        return {"guided_regex": spec.spec, "regex": spec.spec}
+    return {"guided_grammar": spec.spec, "ebnf": spec.spec}
 
 
 def _auth(key: str) -> dict[str, str]:

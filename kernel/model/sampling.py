@@ -44,3 +44,13 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return int(order[choice])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_batch(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
+    """One token per row of [k, vocab] logits. Greedy rows share one argmax over the whole
+    batch (the same choice as row by row: the first maximal index), not k calls."""
+    greedy = logits.argmax(dim=-1).tolist()
+    return [
+        greedy[row] if p.temperature <= 0.0 else sample(logits[row], p, g)
+        for row, (p, g) in enumerate(zip(params, generators))
+    ]

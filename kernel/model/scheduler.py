@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmos.abi.kstat import SCHED_POLICIES
 from llmos.kernel.model.sequence import SeqStatus, Sequence
 
-NICE_MIN, NICE_MAX = -20, 19
-POLICIES = ("rr", "fair", "priority")
+POLICIES = SCHED_POLICIES  # the names are part of the ABI (kernel.stat reports them)
 
 
 def nice_weight(nice: int) -> float:

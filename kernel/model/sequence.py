@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from llmos.kernel.model.constraint import Constraint
 from llmos.kernel.model.kvcache import SequenceKV
 from llmos.kernel.model.sampling import SamplingParams, make_generator
 
@@ -46,6 +47,7 @@ class Sequence:
     cancelled: bool = False
     cached_tokens: int = 0  # prompt tokens whose KV was already retained when it was submitted
     text: str = ""  # output text released so far (stop strings never appear in it)
+    constraint: Constraint | None = None  # what the output must match; advanced by the engine
     generator: torch.Generator = field(init=False)
     # Incremental detokenization (as vLLM does it): `_stable` is the text of output_ids[:_read],
     # final; only the tokens from `_prefix` on are decoded again, so a token costs O(1), not a
@@ -95,6 +97,12 @@ class Sequence:
             cut = full.find(stop, max(0, searched - len(stop)))  # text before it was searched already
             if cut != -1:
                 return self._finish("stop", full[:cut])
+        if self.constraint is not None:
+            if self.constraint.error is not None:
+                self.error = f"constraint: {self.constraint.error}"
+                return self._finish("error", full)
+            if self.constraint.finished:
+                return self._finish("stop", full)
         if len(self.output_ids) >= self.params.max_tokens:
             return self._finish("length", full)
         return self._release(_safe_prefix(full, self.params.stop))
