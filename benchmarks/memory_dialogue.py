@@ -11,6 +11,9 @@ tokens):
                  budget (less the system prompt and the question) filled with the
                  utterances most similar to the question, no recency
 
+Both are held to the budget as the model sees the prompt: the chat template's frame of each
+message, dates and marks count, not only the utterances.
+
 Figures: evidence recall per evidence turn and per question (all of its evidence), per kind
 of question; with --answers, answer accuracy (the reply contains an accepted answer) from the
 kernel's model for both; the fault's latency per turn, page-in and page-out per page.
@@ -28,6 +31,7 @@ import trio
 from llmos.benchmarks.dialogues import Conversation
 from llmos.config import MemoryConfig
 from llmos.kernel.memory.manager import Memory, p99, percentile
+from llmos.kernel.memory.prompt import Framing
 from llmos.kernel.memory.when import day
 
 SYSTEM = (
@@ -71,6 +75,17 @@ class Tally:
     fault_ms: list[float] = field(default_factory=list)
     turn_ms: list[float] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
+    over_budget: int = 0
+    reusable: list[int] = field(default_factory=list)  # prompt tokens shared with the last question's prompt
+    last_ids: list[int] = field(default_factory=list)
+
+    def prompt(self, ids: list[int], budget: int) -> None:
+        """The prompt as the model got it: its size against the budget, and the prefix it
+        shares with the previous question's (what the process's retained KV could serve)."""
+        if self.last_ids:
+            self.reusable.append(_common_prefix(self.last_ids, ids))
+        self.last_ids = ids
+        self.over_budget += len(ids) > budget
 
     def add(self, kind: str, evidence: list[int], present: set[int], tokens: int) -> bool:
         found = sum(1 for e in evidence if e in present)
@@ -108,7 +123,19 @@ class Tally:
             "fault_p99_ms": round(p99(self.fault_ms), 2) if self.fault_ms else None,
             "turn_p99_ms": round(p99(self.turn_ms), 2) if self.turn_ms else None,
             "prompt_tokens_mean": round(sum(self.prompt_tokens) / max(1, len(self.prompt_tokens)), 1),
+            "prompt_tokens_max": max(self.prompt_tokens, default=0),
+            "over_budget": self.over_budget,
+            "reusable_tokens_mean": round(sum(self.reusable) / len(self.reusable), 1) if self.reusable else None,
         }
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 async def run(
@@ -126,12 +153,12 @@ async def run(
     from llmos.runtime import session
 
     encode = kernel.backend.encode
+    framing = Framing(encode, kernel.backend.encode_chat)
     embedder = CachedEmbedder(kernel.embedder)
     lines = [[t.line for t in c.turns] for c in convs]
     await trio.to_thread.run_sync(embedder.warm, [x for ls in lines for x in ls] + [q.text for c in convs for q in c.questions])
     tokens = [[len(encode(x)) for x in ls] for ls in lines]
     vectors = [np.asarray(embedder.embed(ls), dtype=np.float32) for ls in lines]
-    system_tokens = len(encode(SYSTEM))
     out: dict[str, Any] = {"shares": {}, "history_tokens": [sum(t) for t in tokens]}
     for share in shares:
         row: dict[str, Any] = {}
@@ -141,17 +168,17 @@ async def run(
         for ci, conv in enumerate(convs):
             budget = max(128, int(share * sum(tokens[ci])))
             for name, overrides in variants.items():
-                memory = Memory(encode, kernel.backend.decode, embedder, _config(base, budget, overrides))
+                memory = Memory(encode, kernel.backend.decode, embedder, _config(base, budget, overrides), kernel.backend.encode_chat)
                 kernel.memory = memory
                 await memory.open_store()
                 sh = session(kernel, f"bench-{name}-{ci}")
                 pages = await _tell(memory, sh, conv, progress, f"{share:.0%} {name}: conversation {ci + 1}/{len(convs)}")
-                await _ask(memory, sh, conv, pages, paged[name], answers, max_tokens, progress, f"{share:.0%} {name}")
+                await _ask(kernel, memory, sh, conv, pages, paged[name], answers, max_tokens, budget, progress, f"{share:.0%} {name}")
                 latency[name]["page_in"] += list(memory.latency.page_in)
                 latency[name]["page_out"] += list(memory.latency.page_out)
                 await memory.close()
             sh = session(kernel, f"bench-dense-{ci}")
-            await _ask_dense(kernel, embedder, sh, conv, vectors[ci], tokens[ci], budget - system_tokens, dense, answers, max_tokens, progress)
+            await _ask_dense(kernel, framing, embedder, sh, conv, vectors[ci], budget, dense, answers, max_tokens, progress)
         for name, tally in paged.items():
             figures = tally.figures()
             figures["page_in_p99_ms"] = round(p99(latency[name]["page_in"]), 2)
@@ -173,6 +200,8 @@ VARIANTS: dict[str, dict[str, Any]] = {  # ablations of the kernel's settings (-
     "recent-0": {"recent_share": 0.0},
     "recent-0.1": {"recent_share": 0.1},
     "recent-0.5": {"recent_share": 0.5},
+    "no-stick": {"resident_bonus": 0.0},
+    "stick-0.5": {"resident_bonus": 0.5},
 }
 
 
@@ -194,22 +223,25 @@ async def _tell(memory: Memory, sh: Any, conv: Conversation, progress: Callable[
 
 
 async def _ask(
-    memory: Memory, sh: Any, conv: Conversation, pages: list[list[int]], tally: Tally, answers: int, max_tokens: int,
-    progress: Callable[[str], None], label: str,
+    kernel: Any, memory: Memory, sh: Any, conv: Conversation, pages: list[list[int]], tally: Tally, answers: int,
+    max_tokens: int, budget: int, progress: Callable[[str], None], label: str,
 ) -> None:
-    table = memory.table(sh.pid)
+    recorded = kernel.record_llm_calls()
+    tally.last_ids = []
     for qi, q in enumerate(conv.questions):
         if qi < answers:
             reply = await sh.mem.chat(q.text, max_tokens=max_tokens, remember=False)
             prompt_pages, content = set(reply.memory.prompt_pages), reply.content
             fault_ms = memory.latency.fault[-1]
+            ids = list(recorded[-1][0])
         else:
             turn = await memory.begin_turn(sh.pid, [{"role": "user", "content": q.text}], remember=False)
             prompt_pages, content, fault_ms = set(turn.prompt_pages), None, turn.fault_ms
+            ids = kernel.backend.encode_chat(turn.prompt)
             await memory.end_turn(sh.pid, None)
         present = {i for i in q.evidence if all(n in prompt_pages for n in pages[i])}
-        tokens = sum(table.pages[n].tokens for n in prompt_pages if n in table.pages)
-        tally.add(q.kind, q.evidence, present, tokens)
+        tally.prompt(ids, budget)
+        tally.add(q.kind, q.evidence, present, len(ids))
         tally.fault_ms.append(fault_ms)
         tally.turn_ms.append(memory.latency.turn[-1])
         if content is not None:
@@ -218,28 +250,47 @@ async def _ask(
 
 
 async def _ask_dense(
-    kernel: Any, embedder: CachedEmbedder, sh: Any, conv: Conversation, vectors: np.ndarray, tokens: list[int], room: int, tally: Tally,
-    answers: int, max_tokens: int, progress: Callable[[str], None],
+    kernel: Any, framing: Framing, embedder: CachedEmbedder, sh: Any, conv: Conversation, vectors: np.ndarray, budget: int,
+    tally: Tally, answers: int, max_tokens: int, progress: Callable[[str], None],
 ) -> None:
+    """The chosen utterances go in one message, in the order they were said, each day dated
+    once (as paged memory's recalled block is framed); each is charged its tokens, its line
+    break and half a date, and the prompt is then held to the budget exactly."""
     encode = kernel.backend.encode
+    costs = [len(encode(t.line)) + 1 + len(encode(f"[{day(t.time)}] ")) // 2 for t in conv.turns]
+    system = {"role": "system", "content": SYSTEM}
+    tally.last_ids = []
     for qi, q in enumerate(conv.questions):
         started = time.perf_counter()
         query = np.asarray(embedder.embed([q.text])[0], dtype=np.float32)
         order = np.argsort(-(vectors @ query), kind="stable")
-        left = room - len(encode(q.text))
+        question = {"role": "user", "content": q.text}
+        left = budget - framing.count([system, question]) - framing.frame("user")
         chosen: list[int] = []
         for i in order.tolist():
-            if tokens[i] <= left:
+            if costs[i] <= left:
                 chosen.append(i)
-                left -= tokens[i]
+                left -= costs[i]
+        messages = _dense_prompt(conv, chosen, system, question)
+        ids = kernel.backend.encode_chat(messages)
+        while len(ids) > budget and chosen:  # the estimate was short: the least similar goes
+            chosen.pop()
+            messages = _dense_prompt(conv, chosen, system, question)
+            ids = kernel.backend.encode_chat(messages)
         tally.fault_ms.append((time.perf_counter() - started) * 1000)
         tally.turn_ms.append(tally.fault_ms[-1])
-        tally.add(q.kind, q.evidence, set(chosen), sum(tokens[i] for i in chosen))
+        tally.prompt(ids, budget)
+        tally.add(q.kind, q.evidence, set(chosen), len(ids))
         if qi < answers:
-            context = [
-                {"role": "user", "content": f"[{day(conv.turns[i].time)}] {conv.turns[i].line}"} for i in sorted(chosen)
-            ]
-            messages = [{"role": "system", "content": SYSTEM}, *context, {"role": "user", "content": q.text}]
             reply = await sh.llm.chat(messages, max_tokens=max_tokens)
             tally.answer(reply.content, q.answers)
         progress(f"dense: asked {qi + 1}/{len(conv.questions)}")
+
+
+def _dense_prompt(conv: Conversation, chosen: list[int], system: dict[str, str], question: dict[str, str]) -> list[dict[str, str]]:
+    lines, last = [], None
+    for i in sorted(chosen):
+        when = day(conv.turns[i].time)
+        lines.append((f"[{when}] " if when != last else "") + conv.turns[i].line)
+        last = when
+    return [system, *([{"role": "user", "content": "\n".join(lines)}] if lines else []), question]

@@ -67,7 +67,11 @@ class Kernel:
         self.procs = ProcessTable(config.max_processes)
         self.events = EventBus()
         self.embedder = Embedder()  # loaded on first use (memory, knowledge base)
-        self.memory = Memory(self.backend.encode, self.backend.decode, self.embedder, config.memory)  # opens its store on first use
+        # opens its store on first use; prompts are held to their budget by the model's chat template
+        # (a remote model has none here: the plain format, measured in bytes, stands in)
+        self.memory = Memory(
+            self.backend.encode, self.backend.decode, self.embedder, config.memory, getattr(self.backend, "encode_chat", None)
+        )
         self.runner = runner  # how programs run: in workers, or (trusted) in this process
         self.caps: dict[int, Capabilities] = {}
         self.audit = AuditLog()  # every syscall, one JSON line

@@ -81,6 +81,7 @@ class MemoryConfig:
     # Fault ranking and admission (kernel/memory/ranking.py, turn.py); defaults measured with
     # `llmos bench memory` (the figures are in docs/ARCHITECTURE.md).
     recent_share: float = 0.25  # of a turn's room, kept for the newest pages; the rest filled by relevance
+    resident_bonus: float = 0.25  # a page already in the prompt ranks this much higher when admitting (keeps the KV)
     min_relevance: float = 0.3  # cosine at which a page is relevant to a turn on its own
     min_lexical: float = 0.5  # BM25, as a share of the best page's, at which a page is relevant on its own
     dense_weight: float = 1.0  # weights of the signals in reciprocal rank fusion

@@ -66,12 +66,23 @@ def test_prompt_dates_days_and_recalled_pages():
     a = Page("m", 0, 0, 0, "user", 5, "Maria: hi", time=ts(2023, 5, 8))
     b = Page("m", 1, 5, 1, "user", 5, "Tim: hello", time=ts(2023, 5, 8))
     c = Page("m", 2, 10, 2, "user", 5, "Maria: back again", time=ts(2023, 5, 20))
-    c.recalled = True
+    e = Page("m", 4, 20, 4, "user", 5, "Tim: and again", time=ts(2023, 5, 20))
+    f = Page("m", 5, 25, 5, "user", 5, "Maria: later", time=ts(2023, 5, 28))
+    c.recalled = e.recalled = f.recalled = True
     d = Page("m", 3, 15, 3, "user", 5, "Tim: today", time=ts(2023, 6, 1))
-    messages = [m["content"] for m in assemble([a, b, c, d])]
+    messages = [m["content"] for m in assemble([a, b, c, d], dated=True)]
     assert messages == ["[8 May 2023] Maria: hi", "Tim: hello", "[recalled memory, 20 May 2023] Maria: back again", "[1 June 2023] Tim: today"]
-    same_day = [m["content"] for m in assemble([a, b])]
+    same_day = [m["content"] for m in assemble([a, b], dated=False)]
     assert same_day == ["Maria: hi", "Tim: hello"]  # a chat within one day carries no dates
+    # recalled pages that follow one another are one message, each day said once
+    block = [m["content"] for m in assemble([a, c, e, f, d], dated=True)]
+    assert block == [
+        "[8 May 2023] Maria: hi",
+        "[recalled memory, 20 May 2023] Maria: back again\nTim: and again\n[28 May 2023] Maria: later",
+        "[1 June 2023] Tim: today",
+    ]
+    # appending a recalled page keeps the block a prefix of itself (the KV stays reusable)
+    assert block[1].startswith(assemble([a, c, e], dated=True)[1]["content"])
 
 
 def test_cut_keeps_utterances_whole(tiny_backend):
@@ -99,11 +110,13 @@ def test_a_question_naming_a_month_recalls_that_months_page(tiny_backend, tmp_pa
         await memory.end_turn(sh.pid, None)
         return evicted, turn
 
-    evicted, turn = run(tiny_backend, body, tmp_path, page_tokens=64, budget=60, recent_share=0.0)
+    # (the budget bounds the whole prompt, framed by the chat template: it holds the question and a recalled page)
+    evicted, turn = run(tiny_backend, body, tmp_path, page_tokens=64, budget=100, recent_share=0.0)
     assert 7 in evicted  # the June page (pages 0-6 are March's) had left RAM
     best = turn.recalled[0]
     assert best.page.number == 7 and best.paged_in and best.why.time and 7 in turn.faulted
-    assert turn.prompt.count(turn.prompt[-1]) == 1 and "[recalled memory, 10 June 2023] Maria" in str(turn.prompt)
+    recalled = next(m["content"] for m in turn.prompt if m["content"].startswith("[recalled memory"))
+    assert turn.prompt.count(turn.prompt[-1]) == 1 and "10 June 2023] Maria" in recalled  # dated, in the recalled block
 
 
 def test_a_hit_brings_its_neighbour_when_it_fits(tiny_backend, tmp_path):

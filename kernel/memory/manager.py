@@ -13,9 +13,10 @@ This is the face the kernel and the syscalls see; each job lives in its own modu
   stats.py      latency statistics
 
 A chat turn (`begin_turn` ... `end_turn`): the new messages become pages; the pages most
-relevant to them are admitted to the prompt (evicted ones paged back in, in their original
-place, marked as recalled) beside the newest pages; budgets are enforced; the prompt is
-assembled. The model's reply is stored when the turn ends (or, with remember=false, the turn
+relevant to them are admitted to the prompt (evicted ones paged back in, appended after the
+pages already resident and marked as recalled, so the prompt keeps its prefix and the engine
+reuses the process's KV) beside the newest pages; budgets are enforced; the prompt is
+assembled and held to the memory's budget, counted with the model's chat template. The model's reply is stored when the turn ends (or, with remember=false, the turn
 is forgotten). Every operation holds one lock (memory operations are short, and the embedder
 runs one at a time anyway), so page states never change under an operation's feet.
 """
@@ -32,12 +33,12 @@ from llmos.kernel.memory.embeddings import Embedder
 from llmos.kernel.memory.index import content_words
 from llmos.kernel.memory.pager import Pager, drop_text
 from llmos.kernel.memory.pagetable import Page, PageTable, cut, make_policy
-from llmos.kernel.memory.prompt import RECALLED, assemble
-from llmos.kernel.memory.ranking import Query, Weights, rank
+from llmos.kernel.memory.prompt import RECALLED, Framing, Messages, assemble, plain_chat
+from llmos.kernel.memory.ranking import Query, Score, Weights, rank
 from llmos.kernel.memory.registry import MemoryBusy, Registry
 from llmos.kernel.memory.stats import Latencies, p99, percentile
 from llmos.kernel.memory.swap import Swap
-from llmos.kernel.memory.turn import Recalled, Turn, admit, newest
+from llmos.kernel.memory.turn import Recalled, Turn, admit, newest, sticky
 from llmos.kernel.memory.when import periods
 
 __all__ = ["Memory", "MemoryBusy", "MemoryConfig", "NoSuchPage", "OverBudget", "RECALLED", "Recalled", "Turn", "p99", "percentile"]
@@ -58,10 +59,14 @@ class Memory:
         decode: Callable[[list[int]], str],
         embedder: Embedder,
         config: MemoryConfig | None = None,
+        encode_chat: Callable[[Messages], list[int]] | None = None,
     ) -> None:
+        """`encode_chat`: the model's chat template (Backend.encode_chat), by which prompts are
+        held to their budget; without it, the backend's plain fallback format."""
         self.config = config or MemoryConfig()
         self.encode = encode
         self.decode = decode
+        self.framing = Framing(encode, encode_chat or plain_chat(encode))
         self.embedder = embedder
         self.policy = make_policy(self.config.policy)
         self.lock = trio.Lock()
@@ -153,8 +158,9 @@ class Memory:
 
     async def begin_turn(self, pid: int, messages: list[dict[str, str]], remember: bool = True) -> Turn:
         """Open the process's chat turn: store its messages, admit what they need, enforce
-        budgets, and build the prompt. On failure nothing is changed: the turn is not stored.
-        A process has one turn open at a time (MemoryBusy)."""
+        budgets, and build the prompt, which never exceeds the memory's budget. On failure
+        nothing is changed: the turn is not stored. A process has one turn open at a time
+        (MemoryBusy)."""
         async with self.lock:
             if pid in self.turns:
                 raise MemoryBusy(f"process {pid} already has a mem.chat turn in progress")
@@ -163,50 +169,112 @@ class Memory:
             new = await self._append(table, [(m["role"], m["content"], m["role"] == "system") for m in messages])
             faulted: list[Page] = []
             try:
-                turn_tokens = sum(p.tokens for p in new if not p.pinned)
-                if table.pinned_tokens + turn_tokens > table.budget:
+                dated = table.dated
+                asked = [p for p in new if not p.pinned]
+                pinned = [p for p in table.resident() if p.pinned]
+                base = self.framing.count(assemble(pinned + asked, dated))
+                if base > table.budget:
                     raise OverBudget(
-                        f"the turn ({turn_tokens} tokens) does not fit the memory budget "
-                        f"({table.budget} tokens, {table.pinned_tokens} pinned)"
+                        f"the turn ({sum(p.tokens for p in asked)} tokens) does not fit the memory budget "
+                        f"({table.budget} tokens; with the {table.pinned_tokens} pinned, the prompt would be {base})"
                     )
                 started = time.perf_counter()
-                asking = [p for p in new if not p.pinned] or new
-                query = self._query(table, asking)
+                query = self._query(table, asked or new)
                 fresh = {p.number for p in new}
-                room = table.budget - table.pinned_tokens - turn_tokens
-                chosen = admit(rank(table, table.index, query, self.weights, fresh), int(room * (1 - self.config.recent_share)))
+                room = table.budget - base
+                cost = self._cost(table, dated)
+                # the working set first, in a room of its own, so that it stays put while the
+                # relevant pages change (it starts the part of the prompt that follows the pinned)
+                recent = newest(table, int(room * self.config.recent_share), fresh, cost)
+                working = {p.number for p in recent}
+                ranked = rank(table, table.index, query, self.weights, fresh)
+                opener = next((s.page for s in ranked if s.page.recalled or not s.page.resident), None)
+                block = self.framing.block(opener) if opener is not None else 0  # the recalled block's own frame
+                left = room - sum(cost(p) for p in recent) - block
+                chosen = admit(
+                    sticky(ranked, self.config.resident_bonus), left, lambda p: 0 if p.number in working else cost(p)
+                )
                 faulted = [s.page for s in chosen if not s.page.resident]
                 await self.pager.page_in(table, faulted)
-                table.faults += len(faulted)
+                table.enter(asked)  # the turn's messages end the prompt, after what the fault brought
                 for score in chosen:
                     score.page.why = score
                     if score.page not in faulted:
                         self.pager.touch(score.page)
                 fault_ms = (time.perf_counter() - started) * 1000
                 self.latency.fault.append(fault_ms)
-                keep = fresh | {s.page.number for s in chosen}
-                recent = newest(table, room - sum(s.page.tokens for s in chosen), keep)
-                evicted = await self.pager.enforce(table, protect=keep | {p.number for p in recent}, fresh=fresh)
+                protect = fresh | working | {s.page.number for s in chosen}
+                evicted = await self.pager.enforce(table, protect=protect, fresh=fresh, own=False)
+                order, prompt, prompt_tokens, dropped = await self._fit(table, dated, fresh, protect, chosen, recent)
+                evicted += len(dropped)
             except BaseException:
                 for page in faulted:  # clean pages: the store still has them
                     drop_text(page)
                 await self._forget(table, new)
                 raise
-            order = table.in_prompt_order()
+            table.faults += sum(p.resident for p in faulted)
             self.latency.turn.append((time.perf_counter() - began) * 1000)
             turn = Turn(
                 pid=pid,
                 remember=remember,
-                prompt=assemble(order),
+                prompt=prompt,
                 pages=[p.number for p in new],
-                faulted=[p.number for p in faulted],
+                faulted=[p.number for p in faulted if p.resident],
                 evicted=evicted,
                 prompt_pages=[p.number for p in order],
-                recalled=[Recalled(s.page, s.page.text or "", s.page in faulted, s) for s in chosen],
+                recalled=[Recalled(s.page, s.page.text or "", s.page in faulted, s) for s in chosen if s.page.resident],
                 fault_ms=fault_ms,
+                prompt_tokens=prompt_tokens,
             )
             self.turns[pid] = turn
             return turn
+
+    def _cost(self, table: PageTable, dated: bool) -> Callable[[Page], int]:
+        """What a page would add to this turn's prompt (prompt.py, Framing.cost)."""
+
+        def cost(page: Page) -> int:
+            before = table.pages.get(page.number - 1)
+            starts = before is None or before.message != page.message
+            return self.framing.cost(page, page.recalled or not page.resident, dated, starts)
+
+        return cost
+
+    async def _fit(
+        self, table: PageTable, dated: bool, fresh: set[int], protect: set[int], chosen: list[Score], recent: list[Page]
+    ) -> tuple[list[Page], list[dict[str, str]], int, list[Page]]:
+        """Assemble the prompt and hold it to the memory's budget exactly: while the model's
+        count of it is over, evict the pages this turn does not need, last in the prompt first
+        (the engine then prefills the least again: a page evicted early in the prompt would
+        make it prefill everything after it), then the oldest of the working set, then the
+        least relevant admitted pages; the pinned pages and the turn always fit (checked
+        before). Only what must go goes: a page this turn does not need stays where it is while
+        there is room. Returns the prompt's pages, the prompt, its tokens, and the pages evicted."""
+        order = table.in_prompt_order()
+        prompt = assemble(order, dated)
+        tokens = self.framing.count(prompt)
+        dropped: list[Page] = []
+        if tokens > table.budget:
+            gone: set[int] = set()
+            free = [p for p in order if not p.pinned and p.number not in protect]
+            tiers = [sorted(recent, key=lambda p: p.number), [s.page for s in reversed(chosen) if s.page.number not in fresh]]
+            while tokens > table.budget:
+                excess = tokens - table.budget
+                free = [p for p in free if p.number not in gone]
+                if free:
+                    victims = _first_freeing(list(reversed(free)), excess)
+                else:
+                    tier = next(([p for p in t if p.number not in gone] for t in tiers if any(p.number not in gone for p in t)), [])
+                    if not tier:
+                        break  # only the pinned pages and the turn are left, and they fit (checked)
+                    victims = _first_freeing(tier, excess)
+                gone |= {p.number for p in victims}
+                dropped += victims
+                order = [p for p in order if p.number not in gone]
+                prompt = assemble(order, dated)
+                tokens = self.framing.count(prompt)
+            await self.pager.evict(table, dropped, fresh)
+        table.framing = max(0, tokens - sum(p.tokens for p in order))
+        return order, prompt, tokens, dropped
 
     async def end_turn(self, pid: int, reply: str | None) -> list[Page]:
         """Close the process's turn: the model's reply joins the memory (none: the model gave
@@ -368,3 +436,14 @@ class Memory:
             return
         async with self.lock:
             await self.registry.close()
+
+
+def _first_freeing(pages: list[Page], need: int) -> list[Page]:
+    """The first of `pages` that free `need` tokens (at least one)."""
+    chosen, freed = [], 0
+    for page in pages:
+        if chosen and freed >= need:
+            break
+        chosen.append(page)
+        freed += page.tokens
+    return chosen

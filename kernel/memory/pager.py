@@ -1,7 +1,8 @@
 """Eviction, page-out and page-in: keeping every memory within its budgets.
 
-Budgets are in resident tokens: one per memory and one across all of them. When either is
-exceeded, unpinned pages are evicted by the replacement policy (pagetable.py) down to a
+Budgets are in resident tokens: one per memory and one across all of them. A memory's budget
+bounds its prompt, so it counts what the last prompt spent on framing its pages (marks, dates,
+the chat template) besides the pages themselves. When either budget is exceeded, unpinned pages are evicted by the replacement policy (pagetable.py) down to a
 low-water mark, so that eviction, and with it a changed prompt, comes in bursts rather than
 at every turn. A page is written to the store (swap.py) before it leaves: a page that cannot
 be written stays. Page-out writes the victims together with the next dirty pages in line (one
@@ -60,15 +61,17 @@ class Pager:
 
     # -- eviction ------------------------------------------------------------------------
 
-    async def enforce(self, table: PageTable, protect: set[int], fresh: set[int] | None = None) -> int:
-        """Evict until the memory and all memories together are within budget; returns how
-        many pages left. `protect` pages (of `table`) stay; `fresh` ones (this operation's,
-        default: `protect`) are not written along."""
+    async def enforce(self, table: PageTable, protect: set[int], fresh: set[int] | None = None, own: bool = True) -> int:
+        """Evict until the memory (unless not `own`: a chat turn fits its own prompt, see
+        Memory._fit) and all memories together are within budget; returns how many pages left.
+        `protect` pages (of `table`) stay; `fresh` ones (this operation's, default: `protect`)
+        are not written along."""
         fresh = protect if fresh is None else fresh
         low = self.config.low_water
         evicted = 0
-        if table.resident_tokens > table.budget:
-            need = table.resident_tokens - int(table.budget * low)
+        used = table.resident_tokens + table.framing
+        if own and used > table.budget:
+            need = used - int(table.budget * low)
             candidates = [p for p in table.resident() if not p.pinned and p.number not in protect]
             evicted += await self._evict(candidates, need, table, fresh)
         total = self.resident_tokens()
@@ -85,6 +88,11 @@ class Pager:
 
     async def _evict(self, candidates: list[Page], need: int, table: PageTable, fresh: set[int]) -> int:
         victims = self.policy.victims(candidates, need)
+        await self._page_out(victims, table, fresh)
+        return len(victims)
+
+    async def evict(self, table: PageTable, victims: list[Page], fresh: set[int]) -> int:
+        """Evict these pages of `table` (chosen by the caller); returns how many left."""
         await self._page_out(victims, table, fresh)
         return len(victims)
 
@@ -122,7 +130,8 @@ class Pager:
     # -- page-in -------------------------------------------------------------------------
 
     async def page_in(self, table: PageTable, pages: list[Page], recalled: bool = True) -> None:
-        """Read evicted pages back into RAM, in their original place. On failure nothing changed."""
+        """Read evicted pages back into RAM; they take the last places of the prompt, in history
+        order. On failure nothing changed."""
         if not pages:
             return
         await self.open_store()
@@ -130,6 +139,7 @@ class Pager:
         found = await trio.to_thread.run_sync(self.swap.read, table.name, [p.number for p in pages])
         for stored in found:
             self._resident(table, table.pages[stored.number], stored, recalled)
+        table.enter([table.pages[s.number] for s in found])
         per_page = (time.perf_counter() - started) * 1000 / len(pages)
         self.latency.page_in.extend([per_page] * len(pages))
 

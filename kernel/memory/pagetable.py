@@ -8,6 +8,12 @@ goes into the prompt) or evicted (its text lives only in the vector store, see s
 Pinned pages never leave. Every page, resident or not, is in its memory's search index
 (index.py).
 
+A resident page also has a slot: when it entered RAM (stored, or paged back in). The prompt
+lays the unpinned pages out by slot, so it grows at its end and a page keeps its place while it
+stays resident: the engine reuses a process's retained KV up to the first change, and a
+recalled page is appended instead of being put back at its place in the history, which would
+change the prompt early at every fault.
+
 Replacement policies see references, as a CPU's reference bits do. A page is referenced when
 it is created, paged in, recalled, or relevant to the current turn; being in the prompt is not
 a reference, since every resident page is in every prompt and LRU would decay to FIFO.
@@ -23,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from llmos.abi.mem import PAGE_POLICIES
 from llmos.kernel.memory.index import Index
+from llmos.kernel.memory.when import day
 
 if TYPE_CHECKING:
     from llmos.kernel.memory.ranking import Score
@@ -108,6 +115,7 @@ class Page:
     history: deque[int] = field(default_factory=lambda: deque(maxlen=LRU_K))
     referenced: bool = False  # CLOCK's reference bit
     why: Score | None = None  # why a turn or a recall last admitted it by relevance
+    slot: int = 0  # when it entered RAM: its place in the prompt (pinned pages aside)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -134,6 +142,8 @@ class PageTable:
         self.next_number = 0
         self.next_message = 0
         self.next_position = 0
+        self.next_slot = 0
+        self.framing = 0  # tokens the last prompt spent beyond its pages' own (marks, chat template)
         self.faults = 0  # pages paged back in because a turn needed them
         self.page_ins = 0  # all pages brought back in (faults, recall, pin)
         self.page_outs = 0  # pages evicted
@@ -155,7 +165,14 @@ class PageTable:
             self.next_number += 1
             self.next_position += tokens
             added.append(page)
+        self.enter(added)
         return added
+
+    def enter(self, pages: list[Page]) -> None:
+        """The pages (again) take the last places of the prompt, in history order."""
+        for page in sorted(pages, key=lambda p: p.number):
+            page.slot = self.next_slot
+            self.next_slot += 1
 
     def remove(self, pages: list[Page]) -> None:
         """Forget pages (a turn not to be remembered, or one whose store failed)."""
@@ -173,6 +190,7 @@ class PageTable:
         self.next_number = max(self.next_number, page.number + 1)
         self.next_message = max(self.next_message, page.message + 1)
         self.next_position = max(self.next_position, page.position + page.tokens)
+        self.enter([page])
 
     def resident(self) -> list[Page]:
         return [p for p in self.pages.values() if p.resident]
@@ -189,9 +207,17 @@ class PageTable:
         return sum(p.tokens for p in self.pages.values() if p.pinned)
 
     def in_prompt_order(self) -> list[Page]:
-        """Pinned pages first, then the other resident pages, each group in history order."""
+        """Pinned pages first, in history order, then the other resident pages in the order
+        they entered RAM (a page paged back in comes after those already there)."""
         resident = self.resident()
-        return [p for p in resident if p.pinned] + [p for p in resident if not p.pinned]
+        return [p for p in resident if p.pinned] + sorted((p for p in resident if not p.pinned), key=lambda p: p.slot)
+
+    @property
+    def dated(self) -> bool:
+        """The memory spans more than one day: its prompts date each day. A property of the
+        memory, not of one prompt, so that paging a page in or out does not re-date the rest."""
+        times = [p.time for p in self.pages.values() if not p.pinned]
+        return bool(times) and day(min(times)) != day(max(times))
 
 
 # -- replacement policies ------------------------------------------------------------------
