@@ -504,7 +504,11 @@ def _unix_listener(path: Path) -> trio.SocketListener:
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
-async def run(config: Any, settings: DaemonSettings, announce: Any = print) -> int:
+def _say(text: str) -> None:
+    print(text, flush=True)  # an operator (or a supervisor's log) sees it now, not at the next buffer's end
+
+
+async def run(config: Any, settings: DaemonSettings, announce: Any = _say) -> int:
     """`llmos daemon`: boot, restore, serve until SIGTERM/SIGINT, checkpoint."""
     from llmos.runtime import boot
 

@@ -115,6 +115,13 @@ class DaemonProcess:
     def output(self) -> str:
         return (self.home / "daemon.log").read_text()
 
+    def wait_output(self, text: str, timeout: float = 30) -> str:
+        """The log once it holds `text` (the banner follows daemon.json by a moment)."""
+        deadline = time.monotonic() + timeout
+        while text not in (out := self.output()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return out
+
     def signal(self, signum: int, timeout: float = 60) -> int:
         assert self.proc is not None
         self.proc.send_signal(signum)

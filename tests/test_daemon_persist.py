@@ -154,7 +154,8 @@ def test_sigkill_loses_nothing_acknowledged():
         assert killed == -signal.SIGKILL
         assert (home / "daemon.sock").exists() and (home / "daemon.json").exists()  # left behind by the kill
         daemon = DaemonProcess(home, "--no-http").start()
-        assert "removed stale" in daemon.output() and "not running" in daemon.output()  # and cleared at start
+        out = daemon.wait_output("removed stale")
+        assert "removed stale" in out and "not running" in out  # and cleared at start
 
         async def after_restart():
             async with llmos.connect(daemon.socket, daemon.token) as sys:
