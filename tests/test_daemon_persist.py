@@ -94,6 +94,7 @@ def test_resume_setting_restarts_restored_processes(tiny_backend):
                     return pid
                 pid = d.restored.stopped[0]
                 await until(lambda: _log_count(sys, pid, "entry 0", 2))
+                await until(lambda: _state(sys, pid, ProcState.SLEEPING))  # its program's next step after the log
                 return (await sys.proc.ps(), pid)
 
     pid = trio.run(life, False)

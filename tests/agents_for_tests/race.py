@@ -1,10 +1,12 @@
 """The symlink race on fs.read / fs.write: `race SECONDS TARGET_DIR`.
 
 In its root: `d/`, a folder holding `passwd` ("safe"), and `s`, a symlink to TARGET_DIR. A
-thread swaps them back and forth (d -> t, s -> d, d -> s, t -> d) while the program reads and
-writes d/passwd through the syscalls. Returns counts: reads and writes that went to the safe
+thread swaps the two names back and forth, atomically (renameat2 RENAME_EXCHANGE: both names
+always exist, so no half-done swap can stop the race), while the program reads and writes
+d/passwd through the syscalls. Returns counts: reads and writes that went to the safe
 file, that were refused, and that reached TARGET_DIR (leaks)."""
 
+import ctypes
 import os
 import threading
 import time
@@ -16,16 +18,14 @@ from llmos.agents import SyscallError
 MIN_SWAPS = 200  # the race runs past SECONDS (up to 5x) until the swapper has done this many
 
 
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+
+
 def swap(stop, done):
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     while not stop.is_set():
-        try:
-            os.rename("d", "t")
-            os.rename("s", "d")
-            os.rename("d", "s")
-            os.rename("t", "d")
+        if renameat2(AT_FDCWD, b"d", AT_FDCWD, b"s", RENAME_EXCHANGE) == 0:
             done[0] += 1
-        except OSError:
-            pass
 
 
 async def main(sys, args):
