@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import socket as stdsocket
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -157,6 +158,19 @@ def _model(model: type[BaseModel], data: Any, name: str) -> BaseModel:
         return model.model_validate(data)
     except ValidationError as exc:
         raise SyscallError(Errno.EIO, f"{name}: the daemon's reply does not fit {model.__name__}: {exc}") from None
+
+
+def daemon_listening(path: Path) -> bool:
+    """Whether a daemon answers on the socket at `path` (a connect, nothing sent)."""
+    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def socket_path() -> Path:

@@ -21,9 +21,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from llmos.kernel.model import linear, modelstore
-from llmos.kernel.model.backend import Backend, _device, _eos_ids
+from llmos.kernel.model.backend import Backend, _device, _eos_ids, kv_layout
 from llmos.kernel.model.constraint import Grammars
-from llmos.kernel.model.kvcache import KVShape
 from llmos.kernel.model.loader import engine_for
 
 
@@ -40,21 +39,9 @@ class LazyBackend:
         self.device = _device(device)
         self.name = name
         self.tokenizer = tokenizer
-        cfg = config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.shape = KVShape(
-            layers=cfg.num_hidden_layers,
-            kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-            head_dim=head_dim,
-            dtype=linear.compute_dtype(self.weights),
-            device=self.device,
-        )
-        self.max_context = int(getattr(cfg, "max_position_embeddings", 2048))
-        window = getattr(cfg, "sliding_window", None)
-        if window and getattr(cfg, "use_sliding_window", True):
-            self.max_context = min(self.max_context, int(window))  # as Backend does: see backend.py
-        self.eos_ids = frozenset(_eos_ids(SimpleNamespace(generation_config=generation, config=cfg), tokenizer))
-        self.vocab_size = int(cfg.vocab_size)  # the width of the logits, so of constraint masks
+        self.shape, self.max_context = kv_layout(config, self.weights, self.device)
+        self.eos_ids = frozenset(_eos_ids(SimpleNamespace(generation_config=generation, config=config), tokenizer))
+        self.vocab_size = int(config.vocab_size)  # the width of the logits, so of constraint masks
         self.load_seconds: float | None = None
         self.error: str | None = None
         self._real: Backend | None = None

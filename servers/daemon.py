@@ -67,6 +67,7 @@ from llmos.abi.wire import (
     error_frame,
     parse_client_frame,
 )
+from llmos.agents.remote import daemon_listening
 from llmos.kernel.kernel import Kernel, TableFull
 from llmos.kernel.proc.capabilities import Capabilities
 from llmos.kernel.proc.process import Process
@@ -442,19 +443,6 @@ async def _send_quietly(stream: trio.SocketStream, frame: dict[str, Any]) -> Non
             pass
 
 
-def listening(path: Path) -> bool:
-    """Whether a daemon answers on the socket at `path`."""
-    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    probe.settimeout(1)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 def read_info(home: Path) -> dict[str, Any] | None:
     try:
         info = json.loads((home / INFO_FILE).read_text())
@@ -468,7 +456,7 @@ def clear_stale(settings: DaemonSettings) -> list[str]:
     cleaned up); raise DaemonError if one is still serving here. Returns what was removed."""
     path = settings.socket_path
     info = read_info(settings.home)
-    if listening(path):
+    if daemon_listening(path):
         who = f" (pid {info['pid']})" if info and "pid" in info else ""
         raise DaemonError(f"another llmos daemon{who} is listening on {path}")
     cleared = []
@@ -512,7 +500,7 @@ async def run(config: Any, settings: DaemonSettings, announce: Any = _say) -> in
     """`llmos daemon`: boot, restore, serve until SIGTERM/SIGINT, checkpoint."""
     from llmos.runtime import boot
 
-    if listening(settings.socket_path):  # before booting a kernel for nothing
+    if daemon_listening(settings.socket_path):  # before booting a kernel for nothing
         clear_stale(settings)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with boot(config) as kernel:

@@ -33,6 +33,7 @@ from rich.text import Text
 from llmos.abi.errors import Errno, SyscallError
 from llmos.abi.mem import MemStat, Why
 from llmos.abi.proc import ProcInfo
+from llmos.agents.remote import DaemonUnavailable, connect, daemon_listening, socket_path
 from llmos.agents.sdk import Sys
 from llmos.config import data_dir
 from llmos.shell.local import Boot
@@ -485,8 +486,6 @@ def _read_line(prompt: str) -> str | None:
 async def run_shell(socket: Path | None = None, local: Boot | None = None) -> int:
     """Connect to the daemon (or, given `local`, boot a kernel here with it) and read commands.
     Which kernel it is, and how it was found, is said first (on stderr, so piped output stays clean)."""
-    from llmos.agents.remote import DaemonUnavailable, connect, socket_path
-
     console, note = Console(), Console(stderr=True)
     interactive = _sys.stdin.isatty()
     if interactive:
@@ -499,7 +498,7 @@ async def run_shell(socket: Path | None = None, local: Boot | None = None) -> in
     path = socket or socket_path()
     how = ("--socket" if socket is not None else "LLMOS_SOCKET" if os.environ.get("LLMOS_SOCKET")
            else f"the data directory, {'LLMOS_HOME' if os.environ.get('LLMOS_HOME') else 'default'}")
-    if not _daemon_listening(path):
+    if not daemon_listening(path):
         stale = " (a socket file is there, but the daemon that made it is gone)" if path.exists() else ""
         note.print(f"[red]llmos shell:[/] no llmos daemon is listening at {escape(str(path))}{stale}, found via "
                    f"{escape(how)}.\nStart one with [bold]llmos daemon[/], point at one with [bold]--socket[/], "
@@ -539,20 +538,6 @@ async def _repl(shell: Shell, interactive: bool) -> int:
             await shell.execute(line)
         nursery.cancel_scope.cancel()
     return 0
-
-
-def _daemon_listening(path: Path) -> bool:
-    import socket as stdsocket
-
-    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    probe.settimeout(1)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 def _setup_history() -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import numpy as np
-import trio
-from conftest import kernel_with
-from test_memory import EMBEDDER, with_memory
+from test_memory import EMBEDDER, run
 
 from llmos.benchmarks.dialogues import generate
 from llmos.kernel.memory.index import Index
@@ -18,7 +16,6 @@ from llmos.kernel.memory.prompt import assemble
 from llmos.kernel.memory.ranking import Score
 from llmos.kernel.memory.turn import admit
 from llmos.kernel.memory.when import Period, day, periods
-from llmos.runtime import session
 
 
 def ts(y: int, m: int, d: int) -> float:
@@ -153,12 +150,4 @@ def test_generated_conversations_are_deterministic_and_consistent():
             said = datetime.fromtimestamp(a.turns[q.evidence[0]].time)
             assert any(str(said.year) in ans for ans in q.answers)
 
-
-def run(backend, fn, path, **fields):
-    async def main():
-        async with kernel_with(backend) as kernel:
-            with_memory(kernel, path, **fields)
-            return await fn(kernel, session(kernel, "test"))
-
-    return trio.run(main)
 

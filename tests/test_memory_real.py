@@ -11,25 +11,15 @@ import sys
 from datetime import datetime
 
 import trio
-from conftest import kernel_with
 from rich.console import Console
-from test_memory import common_prefix, fill, with_memory
+from test_memory import common_prefix, fill, run
 
 from llmos.benchmarks import memory as bench_memory
 from llmos.kernel.memory.manager import RECALLED
-from llmos.runtime import session
 
 SYSTEM = "You are a helpful assistant. Answer in a few words."
 FACT = "Maria Okafor plays the cello."
 
-
-def run(backend, fn, path, **fields):
-    async def main():
-        async with kernel_with(backend) as kernel:
-            with_memory(kernel, path, **fields)
-            return await fn(kernel, session(kernel, "test"))
-
-    return trio.run(main)
 
 
 def test_real_model_answers_from_a_paged_in_fact(real_backend, tmp_path):

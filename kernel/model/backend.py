@@ -77,20 +77,7 @@ class Backend:
             if self.weights not in ("fp32", "bf16"):
                 raise ValueError(f"--weights {self.weights} needs a llama-family model (the lean forward); use fp32 or bf16")
             model.to(self.device, linear.compute_dtype(self.weights))
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.shape = KVShape(
-            layers=cfg.num_hidden_layers,
-            kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-            head_dim=head_dim,
-            dtype=linear.compute_dtype(self.weights),
-            device=self.device,
-        )
-        self.max_context = int(getattr(cfg, "max_position_embeddings", 2048))
-        window = getattr(cfg, "sliding_window", None)
-        if window and getattr(cfg, "use_sliding_window", True):
-            # Our attention sees every stored position; within the window that is exactly what
-            # sliding-window attention computes, beyond it it is not: contexts stop there.
-            self.max_context = min(self.max_context, int(window))
+        self.shape, self.max_context = kv_layout(cfg, self.weights, self.device)
         self.eos_ids = frozenset(_eos_ids(model, tokenizer))
         self.slab = DecodeSlab(self.shape, slots, min(self.max_context, SLAB_MAX_TOKENS))
 
@@ -256,6 +243,24 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def kv_layout(cfg: Any, weights: str, device: torch.device) -> tuple[KVShape, int]:
+    """A model's KV cache shape in a weight format, and its longest context, from its config."""
+    shape = KVShape(
+        layers=cfg.num_hidden_layers,
+        kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        dtype=linear.compute_dtype(weights),
+        device=device,
+    )
+    max_context = int(getattr(cfg, "max_position_embeddings", 2048))
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True):
+        # Our attention sees every stored position; within the window that is exactly what
+        # sliding-window attention computes, beyond it it is not: contexts stop there.
+        max_context = min(max_context, int(window))
+    return shape, max_context
 
 
 def _device(device: str | torch.device) -> torch.device:
