@@ -68,6 +68,7 @@ class EngineStats:
     failed_steps: int = 0  # forward passes that raised; their requests failed with EIO
     mask_time: float = 0.0  # seconds computing, applying and advancing constraints (in busy_time)
     masked_rows: int = 0  # next tokens chosen under a constraint
+    closing_rows: int = 0  # of those, chosen among closing tokens only (constraint.CLOSING_RESERVE)
     masked_steps: int = 0  # steps that chose at least one token under a constraint
     masked_step_time: float = 0.0  # seconds of those steps (masking's share: mask_time / this)
     batch_sizes: list[int] = field(default_factory=list)  # recent decode batch sizes
@@ -346,28 +347,33 @@ class BatchEngine(Engine):
     def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
         logits = self.backend.run(layout)
         sampled = [s.seq for s in plan if s.want_logits]
-        constrained = [(row, seq.constraint) for row, seq in enumerate(sampled) if seq.constraint is not None]
+        constrained = [
+            (row, seq.constraint, seq.params.max_tokens - seq.completion_tokens)
+            for row, seq in enumerate(sampled)
+            if seq.constraint is not None
+        ]
         if constrained:
             self._mask(logits, constrained)
         picks = sample_batch(logits, [seq.params for seq in sampled], [seq.generator for seq in sampled])
         if constrained:
             started = time.perf_counter()
-            for row, constraint in constrained:
+            for row, constraint, _ in constrained:
                 constraint.advance(picks[row])
             self.stats.mask_time += time.perf_counter() - started
         rows = iter(picks)
         return [next(rows) if s.want_logits else None for s in plan]
 
-    def _mask(self, logits: torch.Tensor, constrained: list[tuple[int, Constraint]]) -> None:
+    def _mask(self, logits: torch.Tensor, constrained: list[tuple[int, Constraint, int]]) -> None:
         """Mask the logits of constrained rows to what their constraints allow: one bitmask row
         each, filled by the grammar library, applied in one call. A constraint that allows
-        nothing (its matcher failed) is left unmasked: its token ends it with the error."""
+        nothing (its matcher failed) is left unmasked: its token ends it with the error.
+        Each row comes with the tokens left in its budget (a constraint closes as they run out)."""
         started = time.perf_counter()
         bitmask = torch.empty(len(constrained), constrained[0][1].words, dtype=torch.int32)
-        for i, (_, constraint) in enumerate(constrained):
-            constraint.fill(bitmask[i])
+        for i, (_, constraint, remaining) in enumerate(constrained):
+            self.stats.closing_rows += constraint.fill(bitmask[i], remaining)
         allows = bitmask.any(dim=1).tolist()
-        rows = [row for (row, _), ok in zip(constrained, allows) if ok]
+        rows = [row for (row, _, _), ok in zip(constrained, allows) if ok]
         if rows:
             apply_masks(logits, rows, bitmask[torch.tensor(allows)] if not all(allows) else bitmask)
         self.stats.mask_time += time.perf_counter() - started
