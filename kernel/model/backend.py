@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from llmos.kernel.model import attention, linear, llama
+from llmos.kernel.model.compute import compute, on_compute_thread
 from llmos.kernel.model.constraint import Grammars
 from llmos.kernel.model.kvcache import DecodeSlab, KVShape, SequenceKV
 from llmos.kernel.model.llama import LlamaRunner
@@ -55,7 +56,7 @@ class Backend:
     ) -> None:
         attention.register()
         if threads > 0:
-            torch.set_num_threads(threads)
+            compute.configure(threads)
         self.device = _device(device)
         self.reference_released = False
         self.weights = linear.check_mode(weights, self.device)
@@ -88,10 +89,16 @@ class Backend:
 
     @classmethod
     def load(cls, spec: str, weights: str = "fp32", threads: int = 0, device: str = "cpu") -> "Backend":
+        """Read and prepare the weights, on the compute thread (compute.py)."""
+        compute.configure(threads)
+        return compute.call(cls._load, spec, weights, device)
+
+    @classmethod
+    def _load(cls, spec: str, weights: str, device: str) -> "Backend":
         from llmos.kernel.model import modelstore
 
         model, tokenizer, name = modelstore.load(spec)
-        backend = cls(model, tokenizer, name, threads, weights=weights, device=device)
+        backend = cls(model, tokenizer, name, weights=weights, device=device)
         if backend.weights != "fp32" and backend.runner is not None:
             backend.release_reference()  # the model is ours alone: its fp32 copy is dead weight
         return backend
@@ -163,9 +170,11 @@ class Backend:
         keep = [first[id(item)] + len(item.tokens) - 1 for item in items if item.want_logits]
         return StepPlan(ids, positions, segments, batch, keep, items)
 
+    @on_compute_thread
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor:
-        """The forward pass of a plan; returns the logits of its `keep` rows."""
+        """The forward pass of a plan, on the compute thread; returns the logits of its `keep`
+        rows."""
         ids = torch.tensor(plan.ids, device=self.device)
         positions, keep = torch.tensor(plan.positions, device=self.device), plan.keep
         if self.runner is not None:
@@ -183,6 +192,7 @@ class Backend:
             item.kv.token_ids.extend(item.tokens)
         return logits.float().cpu()  # sampling (and its seeded generators) runs on the CPU
 
+    @on_compute_thread
     @torch.inference_mode()
     def hf_generate(self, prompt_ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
         """Greedy completion by transformers' own `generate`, one request alone: the reference

@@ -26,6 +26,7 @@ import trio
 
 from llmos.abi.proc import ProcState
 from llmos.kernel.model.backend import Backend, StepPlan, WorkItem
+from llmos.kernel.model.compute import compute
 from llmos.kernel.model.constraint import Constraint, ConstraintSpec, apply_masks
 from llmos.kernel.model.kvcache import KVPool, KVStats
 from llmos.kernel.model.sampling import SamplingParams, sample_batch
@@ -328,7 +329,7 @@ class BatchEngine(Engine):
         started = time.monotonic()
         try:
             layout = self.backend.plan(items)  # moves caches: here, not in the worker thread
-            tokens = await trio.to_thread.run_sync(self._forward, plan, layout)
+            tokens = await compute.run(self._forward, plan, layout)
         except Exception as exc:  # out of memory, a bug: the requests in this step fail, not the kernel
             self._fail_step(plan, f"{type(exc).__name__}: {exc}")
             return True
