@@ -46,7 +46,7 @@ from llmos.servers.httperrors import HttpError
 MAX_BODY = 8 * 2**20
 MAX_HEADERS = 64 * 2**10
 AUTH_DEADLINE = 5.0  # seconds a connection may stay open without an authenticated request
-READ_TIMEOUT = 30.0  # an authenticated client that stops sending mid-request
+READ_TIMEOUT = 30.0  # an authenticated client that stops sending its request's body
 KEEP_ALIVE = 30.0  # an idle kept-alive connection
 AUTH_FAILURES = 10  # failed logins from one address within AUTH_WINDOW before it is refused
 AUTH_WINDOW = 60.0
@@ -184,16 +184,19 @@ class BodyLimit:
         if length.isdigit() and int(length) > self.limit:
             return await _too_large(send, self.limit)
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                return await _too_large(send, self.limit)
-            if not message.get("more_body"):
-                break
+        with trio.move_on_after(READ_TIMEOUT) as reading:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > self.limit:
+                    return await _too_large(send, self.limit)
+                if not message.get("more_body"):
+                    break
+        if reading.cancelled_caught:
+            return await _refuse_with(send, 408, f"the request body did not arrive within {READ_TIMEOUT:g} s")
         replayed = False
 
         async def replay() -> Any:
@@ -207,8 +210,12 @@ class BodyLimit:
 
 
 async def _too_large(send: Any, limit: int) -> None:
-    body = json.dumps(HttpError(413, f"request body over {limit} bytes").body()).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [
+    await _refuse_with(send, 413, f"request body over {limit} bytes")
+
+
+async def _refuse_with(send: Any, status: int, message: str) -> None:
+    body = json.dumps(HttpError(status, message).body()).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
@@ -310,7 +317,12 @@ async def serve_http(
     app = make_app(kernel, token, gate, telemetry)
     config = Config()
     config.keep_alive_timeout = KEEP_ALIVE
-    config.read_timeout = int(READ_TIMEOUT)
+    # No read timeout on the connection: hypercorn's would close one whose client sends nothing
+    # for that long, which a client waiting on a long streamed completion does (all 32 agents'
+    # streams of bench serve were cut at 30 s on a slow run). A request's body has READ_TIMEOUT
+    # (BodyLimit); unauthenticated connections their deadline (ConnectionGate); idle ones
+    # keep-alive.
+    config.read_timeout = None
     config.h11_max_incomplete_size = MAX_HEADERS
     config.include_server_header = False
     config.accesslog = None

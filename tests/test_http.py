@@ -130,6 +130,40 @@ def test_unauthenticated_connections_give_way(tiny_backend, monkeypatch):
     assert kept == [200, 200, 200] and refused == 503
 
 
+def test_a_long_stream_outlives_the_read_timeout_and_a_stalled_body_does_not(tiny_backend, monkeypatch):
+    """The client of a streamed completion sends nothing while it streams: that must not end the
+    connection (hypercorn's read timeout did, at 30 s). A body that stops coming gets 408."""
+    monkeypatch.setattr(http_mod, "READ_TIMEOUT", 1.0)
+
+    async def main():
+        async with daemon_with(tiny_backend, http=("127.0.0.1", 0)) as d:
+
+            def use():
+                request = {"model": d.kernel.backend.name, "messages": [{"role": "user", "content": "go on"}],
+                           "max_tokens": 400, "ignore_eos": True, "stream": True}
+                started, chunks, done = time.monotonic(), 0, False
+                with httpx.stream("POST", f"{base(d)}/v1/chat/completions", json=request, headers=auth(d), timeout=60) as r:
+                    for line in r.iter_lines():
+                        if line.startswith("data: {"):
+                            chunks += 1
+                            time.sleep(0.003)  # a slow reader: the stream lasts well past the timeout
+                        done = done or line == "data: [DONE]"
+                took = time.monotonic() - started
+                s = socket.create_connection(("127.0.0.1", d.http_port))
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: " + auth(d)["Authorization"].encode()
+                          + b"\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+                s.settimeout(5)
+                reply = s.recv(200)
+                s.close()
+                return took, chunks, done, reply
+
+            return await trio.to_thread.run_sync(use)
+
+    took, chunks, done, reply = trio.run(main)
+    assert took > 2.0 and chunks > 300 and done
+    assert reply.startswith(b"HTTP/1.1 408")
+
+
 def test_failed_logins_are_audited_and_rate_limited(tiny_backend, tmp_path, monkeypatch):
     audit = tmp_path / "audit.jsonl"
     monkeypatch.setenv("LLMOS_AUDIT_LOG", str(audit))
