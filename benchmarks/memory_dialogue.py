@@ -164,7 +164,7 @@ async def run(
         row: dict[str, Any] = {}
         dense = Tally()
         paged = {name: Tally() for name in variants}
-        latency: dict[str, dict[str, list[float]]] = {name: {"page_in": [], "page_out": []} for name in variants}
+        latency: dict[str, dict[str, list[float]]] = {name: {"page_in": [], "page_out": [], "writeback": []} for name in variants}
         for ci, conv in enumerate(convs):
             budget = max(128, int(share * sum(tokens[ci])))
             for name, overrides in variants.items():
@@ -172,17 +172,21 @@ async def run(
                 kernel.memory = memory
                 await memory.open_store()
                 sh = session(kernel, f"bench-{name}-{ci}")
-                pages = await _tell(memory, sh, conv, progress, f"{share:.0%} {name}: conversation {ci + 1}/{len(convs)}")
-                await _ask(kernel, memory, sh, conv, pages, paged[name], answers, max_tokens, budget, progress, f"{share:.0%} {name}")
-                latency[name]["page_in"] += list(memory.latency.page_in)
-                latency[name]["page_out"] += list(memory.latency.page_out)
+                async with trio.open_nursery() as nursery:  # its writeback, as the kernel runs the boot memory's
+                    nursery.start_soon(memory.flusher)
+                    pages = await _tell(memory, sh, conv, progress, f"{share:.0%} {name}: conversation {ci + 1}/{len(convs)}")
+                    await _ask(kernel, memory, sh, conv, pages, paged[name], answers, max_tokens, budget, progress, f"{share:.0%} {name}")
+                    nursery.cancel_scope.cancel()
+                for kind in ("page_in", "page_out", "writeback"):
+                    latency[name][kind] += list(getattr(memory.latency, kind))
                 await memory.close()
             sh = session(kernel, f"bench-dense-{ci}")
             await _ask_dense(kernel, framing, embedder, sh, conv, vectors[ci], budget, dense, answers, max_tokens, progress)
         for name, tally in paged.items():
             figures = tally.figures()
-            figures["page_in_p99_ms"] = round(p99(latency[name]["page_in"]), 2)
-            figures["page_out_p99_ms"] = round(p99(latency[name]["page_out"]), 2)
+            figures["page_in_p99_ms"] = round(p99(latency[name]["page_in"]), 3)
+            figures["page_out_p99_ms"] = round(p99(latency[name]["page_out"]), 3)
+            figures["writeback_p99_ms"] = round(p99(latency[name]["writeback"]), 3)
             row[name] = figures
         row["dense"] = dense.figures()
         out["shares"][f"{share:.2f}"] = row

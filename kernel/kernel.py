@@ -101,6 +101,7 @@ class Kernel:
         async with trio.open_nursery() as nursery:
             kernel._nursery = nursery
             nursery.start_soon(kernel._run_engine)
+            nursery.start_soon(kernel.memory.flusher)
             await nursery.start(runner.serve, kernel)
             try:
                 yield kernel

@@ -173,6 +173,63 @@ def test_global_budget_evicts_across_processes(tiny_backend, tmp_path):
     assert other.evicted_pages > 0 and mine.evicted_pages == 0  # the older pages went, whoever owned them
 
 
+def test_writeback_cleans_pages_before_their_eviction(tiny_backend, tmp_path):
+    """Past its low-water mark a memory's dirty pages are written in the background (the
+    flusher), so evicting them later writes nothing; an open turn's pages are not written."""
+
+    async def body(kernel, sh):
+        memory = kernel.memory
+        writes: list[int] = []
+        swap = memory.swap
+        write = swap.write
+        swap.write = lambda name, pid, pages, vectors: (writes.append(len(pages)), write(name, pid, pages, vectors))[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(memory.flusher)
+            await fill(sh, 4)  # 4 pages of 13-15 tokens in a budget of 60: past 0.75 of it
+            table = memory.table(sh.pid)
+            with trio.fail_after(10):
+                while not all(p.stored for p in table.resident()):
+                    await trio.sleep(0.01)
+            written_back, evicted_before = list(writes), table.page_outs
+            turn = await memory.begin_turn(sh.pid, [{"role": "user", "content": "A question not to keep."}], remember=False)
+            await memory.writeback()
+            turn_written = any(table.pages[n].stored for n in turn.pages)
+            await memory.end_turn(sh.pid, None)
+            nursery.cancel_scope.cancel()
+        await sh.mem.budget(20)  # the turn's prompt and this squeeze evict clean pages: nothing to write
+        return written_back, turn_written, writes, table.page_outs - evicted_before, memory.latency
+
+    written_back, turn_written, writes, evicted, latency = run(
+        tiny_backend, body, tmp_path, page_tokens=64, budget=60, policy="lru"
+    )
+    assert written_back and not turn_written
+    assert evicted >= 2 and writes == written_back  # the evictions wrote nothing
+    assert len(latency.writeback) >= 4 and len(latency.page_out) >= evicted
+
+
+def test_writeback_of_a_dropped_memory_leaves_nothing_in_the_store(tiny_backend, tmp_path):
+    """A process exits while its pages are being written back: what landed is deleted."""
+
+    async def body(kernel, sh):
+        memory = kernel.memory
+        await fill(sh, 4)
+        table = memory.table(sh.pid)
+        write_back = memory.pager.write_back
+
+        async def exit_meanwhile(t, copies):
+            await write_back(t, copies)
+            cleanup = memory.release(sh.pid)  # as Kernel.exit does, while the write was out
+            if cleanup is not None:
+                await cleanup()
+
+        memory.pager.write_back = exit_meanwhile
+        written = await memory.writeback()
+        return written, memory.swap.catalog(table.name)
+
+    written, left = run(tiny_backend, body, tmp_path, page_tokens=64, budget=60, policy="lru")
+    assert written >= 4 and left == []
+
+
 def test_a_forgotten_turn_leaves_nothing_in_the_store(tiny_backend, tmp_path):
     async def body(kernel, sh):
         other = local_handle(kernel, kernel.session("other"))

@@ -82,7 +82,8 @@ def test_benchmark_short_run(real_backend, tmp_path):
     for name in ("kernel", "dense-only", "dense"):
         assert row[name]["questions"] == questions > 5 and 0 < row[name]["evidence_recall"] <= 1
         assert row[name]["answer_accuracy"] is not None  # one question per conversation answered by the model
-    assert row["kernel"]["fault_p99_ms"] > 0 and row["kernel"]["page_out_p99_ms"] > 0
+    # pages are written back in the background, so an eviction mostly drops clean pages (~0 ms)
+    assert row["kernel"]["fault_p99_ms"] > 0 and row["kernel"]["writeback_p99_ms"] > 0 and row["kernel"]["page_out_p99_ms"] >= 0
     assert [label for label, _ in bench_memory.targets(report)]
 
 

@@ -18,7 +18,10 @@ pages already resident and marked as recalled, so the prompt keeps its prefix an
 reuses the process's KV) beside the newest pages; budgets are enforced; the prompt is
 assembled and held to the memory's budget, counted with the model's chat template. The model's reply is stored when the turn ends (or, with remember=false, the turn
 is forgotten). Every operation holds one lock (memory operations are short, and the embedder
-runs one at a time anyway), so page states never change under an operation's feet.
+runs one at a time anyway), so page states never change under an operation's feet. The one
+exception is writeback (`flusher`, a kernel task): it copies a memory's dirty pages under the
+lock, writes them to the store without it, and takes the lock again to mark the pages that are
+still there as stored, so that a turn never waits on a background write.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class Memory:
         self._swap: Swap | None = None
         self.pager = Pager(self.config, self.policy, lambda: self.swap, {}, {}, self.latency)
         self.registry = Registry(self.config.budget, self.config.low_water, self.pager, self.lock)
+        self._writeback_wanted = trio.Event()
+        self._writing = trio.Lock()  # held by a writeback from its copies to its marks; close waits for it
 
     @property
     def swap(self) -> Swap:
@@ -145,7 +150,64 @@ class Memory:
             vectors = vectors[len(texts) :]
         for page in pages:
             self.pager.touch(page)
+        if self.pager.wants_writeback(table):
+            self._writeback_wanted.set()
         return pages
+
+    # -- writeback -----------------------------------------------------------------------
+
+    async def flusher(self) -> None:
+        """Write dirty pages back ahead of their eviction, whenever a memory has passed its
+        low-water mark (pager.py). The kernel runs it as a task for as long as it runs."""
+        while True:
+            await self._writeback_wanted.wait()
+            self._writeback_wanted = trio.Event()
+            await self.writeback()
+
+    async def writeback(self) -> int:
+        """One writeback round: every memory past its mark writes its dirty pages, except those
+        of an open turn (which may yet be forgotten). Returns how many pages were written. A
+        failed write is logged; its pages stay dirty, and their eviction writes them."""
+        async with self._writing:
+            async with self.lock:
+                turns: dict[str, set[int]] = {}
+                for pid, turn in self.turns.items():
+                    turns.setdefault(self.memory_of.get(pid, ""), set()).update(turn.pages)
+                jobs = [(t, self.pager.dirty(t, turns.get(t.name, set()))) for t in self.tables.values() if self.pager.wants_writeback(t)]
+            written: list[tuple[PageTable, list[Page]]] = []
+            for table, pairs in jobs:
+                if not pairs:
+                    continue
+                try:
+                    await self.pager.write_back(table, [copied for _, copied in pairs])
+                except Exception as exc:  # a background task must never take the kernel down
+                    self.errors.append(f"writing back memory {table.name}: {exc}")
+                    continue
+                written.append((table, [page for page, _ in pairs]))
+            async with self.lock:
+                for table, pages in written:
+                    await self._mark_written(table, pages)
+            return sum(len(pages) for _, pages in written)
+
+    async def _mark_written(self, table: PageTable, pages: list[Page]) -> None:
+        """The written pages are stored now, if they are still there; a page forgotten
+        meanwhile (or a memory dropped) must not stay in the store."""
+        gone = []
+        dropped = self.tables.get(table.name) is not table
+        for page in pages:
+            now = table.pages.get(page.number)
+            if dropped or now is None:
+                gone.append(page.number)
+            elif now is page and not page.pinned:  # pinned meanwhile: the store's entry says unpinned
+                page.stored = True
+            # (a number taken by another page meanwhile cannot be: only an open turn's pages, never
+            # written back, are ever forgotten while their memory lives)
+        if gone:
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(self.swap.delete, table.name, gone)
+                except Exception as exc:
+                    self.errors.append(f"forgetting pages {gone} of memory {table.name}: {exc}")
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
         started = time.perf_counter()
@@ -434,7 +496,7 @@ class Memory:
         when memory was never used."""
         if self._swap is None:
             return
-        async with self.lock:
+        async with self._writing, self.lock:
             await self.registry.close()
 
 

@@ -7,11 +7,15 @@ low-water mark, so that eviction, and with it a changed prompt, comes in bursts 
 at every turn. A page is written to the store (swap.py) before it leaves: a page that cannot
 be written stays. Page-out writes the victims together with the next dirty pages in line (one
 store write has a fixed cost, each extra page adds little), so their eviction then writes
-nothing.
+nothing. Writeback (Memory.flusher) writes a memory's dirty pages in the background once it
+holds more than its low-water mark, as Linux's flusher threads do, so that an eviction, which
+a chat turn waits for before its prompt, mostly finds its victims clean: a store write costs
+10-20 ms, dropping a clean page's text microseconds.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable
 
@@ -99,33 +103,57 @@ class Pager:
     async def _page_out(self, victims: list[Page], table: PageTable, fresh: set[int]) -> None:
         """Write what the store lacks, memory by memory; only a written page leaves. The
         operation's own new pages (`fresh`, in `table`) are not written along: if the
-        operation fails they are forgotten, and the store must not keep them."""
+        operation fails they are forgotten, and the store must not keep them. Each page out
+        is timed per page evicted: a clean page's costs next to nothing."""
         by_memory: dict[str, list[Page]] = {}
         for page in victims:
             by_memory.setdefault(page.memory, []).append(page)
         for name, pages in by_memory.items():
+            started = time.perf_counter()
             owned = self.tables[name]
             dirty = [p for p in pages if not p.stored]
             if dirty:
                 skip = {p.number for p in pages} | (fresh if owned is table else set())
                 dirty += _cluster(owned, skip, PAGE_CLUSTER - len(dirty))
-            await self.write(owned, dirty, measure=True)
+            await self.write(owned, dirty)
             for page in pages:
                 drop_text(page)
                 owned.page_outs += 1
+            per_page = (time.perf_counter() - started) * 1000 / len(pages)
+            self.latency.page_out.extend([per_page] * len(pages))
 
-    async def write(self, table: PageTable, pages: list[Page], measure: bool = False) -> None:
+    # -- writeback -----------------------------------------------------------------------
+
+    def wants_writeback(self, table: PageTable) -> bool:
+        """The memory is past its low-water mark: its next pages are the next eviction's."""
+        low = self.config.low_water
+        return (
+            table.resident_tokens + table.framing > table.budget * low
+            or self.resident_tokens() > self.config.global_budget * low
+        )
+
+    def dirty(self, table: PageTable, skip: set[int]) -> list[tuple[Page, Page]]:
+        """The resident pages the store lacks, oldest first, each with a copy: what a writeback
+        writes, taken under the memory lock so that the write (outside it) sees them as they
+        were."""
+        return [(p, copy.copy(p)) for p in table.resident() if not p.stored and not p.pinned and p.number not in skip]
+
+    async def write_back(self, table: PageTable, pages: list[Page]) -> None:
+        """Write page copies (from `dirty`) without the memory lock; timed per page."""
+        started = time.perf_counter()
+        await self.write(table, pages, mark=False)
+        per_page = (time.perf_counter() - started) * 1000 / len(pages)
+        self.latency.writeback.extend([per_page] * len(pages))
+
+    async def write(self, table: PageTable, pages: list[Page], mark: bool = True) -> None:
         if not pages:
             return
         await self.open_store()
         vectors = [table.index.vector(p.number) for p in pages]
-        started = time.perf_counter()
         await trio.to_thread.run_sync(self.swap.write, table.name, self.holder.get(table.name, 0), pages, vectors)
-        if measure:
-            per_page = (time.perf_counter() - started) * 1000 / len(pages)
-            self.latency.page_out.extend([per_page] * len(pages))
-        for page in pages:
-            page.stored = True
+        if mark:
+            for page in pages:
+                page.stored = True
 
     # -- page-in -------------------------------------------------------------------------
 

@@ -15,12 +15,14 @@ def _samples() -> deque[float]:
 
 @dataclass
 class Latencies:
-    """Milliseconds, recent samples: page_out/page_in per page; per chat turn, the fault
-    (ranking and paging in) and the whole turn before the prompt goes to the model (storing
-    and embedding the turn, the fault, evictions); embed per text."""
+    """Milliseconds, recent samples: page_out per page evicted (a clean page's next to
+    nothing), page_in per page, writeback per page written in the background; per chat turn,
+    the fault (ranking and paging in) and the whole turn before the prompt goes to the model
+    (storing and embedding the turn, the fault, evictions); embed per text."""
 
     page_out: deque[float] = field(default_factory=_samples)
     page_in: deque[float] = field(default_factory=_samples)
+    writeback: deque[float] = field(default_factory=_samples)
     fault: deque[float] = field(default_factory=_samples)
     turn: deque[float] = field(default_factory=_samples)
     embed: deque[float] = field(default_factory=_samples)
