@@ -346,7 +346,7 @@ async def bench_facts(args: argparse.Namespace, kernel: Any, path: Path, progres
     wl = make_workload(args.facts, args.filler, args.questions, args.seed)
     history_tokens = sum(len(kernel.backend.encode(t)) for t in wl.turns)
     budget = max(args.page_tokens, int(args.budget_share * history_tokens))
-    kernel.memory = Memory(
+    await kernel.use_memory(Memory(
         kernel.backend.encode,
         kernel.backend.decode,
         kernel.embedder,
@@ -354,7 +354,7 @@ async def bench_facts(args: argparse.Namespace, kernel: Any, path: Path, progres
             page_tokens=args.page_tokens, budget=budget, policy=args.policy, chroma_url=args.chroma_url, chroma_path=path
         ),
         kernel.backend.encode_chat,
-    )
+    ))
     await kernel.memory.open_store()
     keep = args.keep_answers
     paged = await run_paged(kernel, wl, budget, args.max_tokens, keep, progress)

