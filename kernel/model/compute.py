@@ -5,17 +5,17 @@ Why one thread. Torch's CPU wheels parallelize with GNU OpenMP (libgomp): each t
 runs a parallel op gets a team of worker threads of its own, kept for the thread's life. Once a
 process has more OpenMP threads than CPUs, libgomp cuts its spin-wait to a few hundred spins
 and the teams' threads sleep on futexes between parallel regions, of which a decode step has
-hundreds. Measured on the 2-core machine we develop on, SmolLM2-135M, one sequence: 37 ms a
-decode step when one thread computes, 78 ms once another thread had run a single parallel
+hundreds. Measured on the 2-core machine we develop on, SmolLM2-135M, one sequence: 37-46 ms
+a decode step when one thread computes, 71-78 ms once another thread had run a single parallel
 matmul. Forward passes issued from whichever worker thread trio handed out, beside the
 loader's, the embedder's and the kernel loop's teams, paid that on every step. It is also the
 GPU's discipline: one stream of work, in order, never two computations fighting for the cores.
 
 Whoever calls `call` (blocking) or `run` (from trio) gets the function run on the compute
 thread, after what was queued before it; called on the compute thread itself, it runs at
-once. The thread starts on first use; the thread that starts it, and every thread started
-after, computes on one core (torch.set_num_threads is per thread, and new threads take the
-last value set).
+once. The thread starts on first use. The thread that starts it, and any that configures it
+(the kernel's loop does at boot: it seats KV caches), computes on one core; what else
+computes goes through here.
 """
 
 from __future__ import annotations
