@@ -8,7 +8,6 @@ chromadb's default embedding function would download a model; we always pass our
 from __future__ import annotations
 
 import importlib.util
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,17 @@ class Embedder:
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
         self._model: Any = None
-        self._lock = threading.Lock()
 
-    @on_compute_thread
+    @on_compute_thread  # one thread, so no lock: a second caller finds it loaded
     def _load(self) -> Any:
-        with self._lock:
-            if self._model is None:
-                from sentence_transformers import SentenceTransformer
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
 
-                from llmos.kernel.model.modelstore import quiet_transformers
+            from llmos.kernel.model.modelstore import quiet_transformers
 
-                with quiet_transformers():
-                    self._model = SentenceTransformer(str(self._path or model_dir()), device="cpu")
-            return self._model
+            with quiet_transformers():
+                self._model = SentenceTransformer(str(self._path or model_dir()), device="cpu")
+        return self._model
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Unit vectors of `texts`, computed on the compute thread (compute.py) between the

@@ -58,6 +58,29 @@ class ComputeThread:
         """fn(*args) on the compute thread; blocks the calling thread until it is done."""
         if self.here:
             return fn(*args)
+        return self._submit(fn, args).result()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on the compute thread, awaited from trio. Like trio.to_thread.run_sync, a
+        started computation is not abandoned: cancellation waits for it, then is delivered."""
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake() -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:  # the loop that asked is gone
+                pass
+
+        future = self._submit(fn, args, wake)
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return future.result()
+
+    def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], then: Callable[[], None] | None = None) -> Future[T]:
+        """Queue fn(*args); its outcome goes into the future, then `then` runs (on the compute
+        thread)."""
         self._start()
         future: Future[T] = Future()
 
@@ -66,36 +89,11 @@ class ComputeThread:
                 future.set_result(fn(*args))
             except BaseException as exc:  # the caller gets it, the compute thread goes on
                 future.set_exception(exc)
+            if then is not None:
+                then()
 
         self._jobs.put(job)
-        return future.result()
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) on the compute thread, awaited from trio. Like trio.to_thread.run_sync, a
-        started computation is not abandoned: cancellation waits for it, then is delivered."""
-        self._start()
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        outcome: list[tuple[bool, Any]] = []
-
-        def job() -> None:
-            try:
-                outcome.append((True, fn(*args)))
-            except BaseException as exc:
-                outcome.append((False, exc))
-            try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:  # the loop that asked is gone
-                pass
-
-        self._jobs.put(job)
-        with trio.CancelScope(shield=True):
-            await done.wait()
-        await trio.lowlevel.checkpoint_if_cancelled()
-        ok, value = outcome[0]
-        if not ok:
-            raise value
-        return value
+        return future
 
     def _start(self) -> None:
         with self._start_lock:

@@ -34,8 +34,9 @@ MAX_TOKEN_BYTES = 48  # longer than any token of a BPE vocabulary we serve
 # In its last CLOSING_RESERVE tokens, or when it loops (its last tokens repeat a cycle of at most
 # LOOP_PERIOD tokens for LOOP_SPAN tokens and three turns, as "jose_jose_jose_jose_" or
 # "39.99999999": greedy decoding of a small model inside a free string), the constraint narrows to
-# the tokens that close something, wherever the grammar allows one (Constraint._close). Measured with SmolLM2-135M (llmos bench structured): all 5 of 210 invalid replies
-# were such loops cut by max_tokens.
+# the tokens that close something, wherever the grammar allows one (Constraint._close). Measured
+# with SmolLM2-135M (llmos bench structured): all 5 of 210 invalid replies were such loops cut by
+# max_tokens.
 CLOSING_RESERVE = 16
 LOOP_PERIOD = 8
 LOOP_SPAN = 8

@@ -328,7 +328,7 @@ class BatchEngine(Engine):
         items = [WorkItem(s.seq.kv, s.seq.pending(s.n_tokens), s.want_logits) for s in plan]
         started = time.monotonic()
         try:
-            layout = self.backend.plan(items)  # moves caches: here, not in the worker thread
+            layout = self.backend.plan(items)  # moves caches: here, on the kernel loop, not the compute thread
             tokens = await compute.run(self._forward, plan, layout)
         except Exception as exc:  # out of memory, a bug: the requests in this step fail, not the kernel
             self._fail_step(plan, f"{type(exc).__name__}: {exc}")
