@@ -1,27 +1,29 @@
 """Weight formats: how each projection of the lean forward stores its weight and multiplies by it.
 
 A decode step multiplies a few dozen rows by every weight of the model, so at small batch
-sizes its cost is reading the weights; fewer bytes per weight is the lever. The modes
-(`--weights`, LLMOS_WEIGHTS):
+sizes its cost is reading the weights; fewer bytes per weight, read at full memory speed, is
+the lever. On x86 CPUs with AVX2 fp32, fp16 and int8 use our own kernel (matmul.c: weights in
+panels, read once per step at close to the machine's memory bandwidth, each output one
+sequential sum over its inputs, so batch-invariant); elsewhere, or without a C compiler,
+torch's kernels named below. The modes (`--weights`, LLMOS_WEIGHTS):
 
-  fp32  fp32 weights packed once into oneDNN's blocked layout (default; exact, batch-invariant)
-  fp16  fp16 weights, fp32 activations and sums (fbgemm): half the bytes of fp32 to read, and
-        fp16 keeps 11 bits of each weight, so results are within rounding of fp32
+  fp32  fp32 weights (default; exact, batch-invariant); fallback: oneDNN's packed layout
+  fp16  fp16 weights, fp32 activations and sums: half the bytes of fp32 to read, and fp16
+        keeps 11 bits of each weight, so results are within rounding of fp32; fallback: fbgemm
   bf16  bfloat16 weights and activations: oneDNN-packed where the CPU has AVX512-BF16 or AMX,
         plain `F.linear` otherwise (slow on AVX2-only CPUs, which convert in software); on GPUs
-  int8  weight-only int8, one scale per output channel (torch's `_weight_int8pack_mm`)
+  int8  weight-only int8, one scale per output channel, fp32 activations and sums; fallback:
+        torch's `_weight_int8pack_mm`, which takes bf16 inputs
   int4  weight-only int4 in groups of 32 along the input with a scale and a minimum each
         (the scheme of GGUF's Q4_1, so the default model's weights come back nearly exactly),
-        torch's `_weight_int4pack_mm_for_cpu`
-        (both kernels take bf16 inputs: each matmul's input is rounded to bf16 and its output
-        widened back; norms, residuals, attention and the KV cache stay fp32)
+        torch's `_weight_int4pack_mm_for_cpu` (bf16 inputs: each matmul's input is rounded to
+        bf16 and its output widened back; norms, residuals, attention and the KV cache stay fp32)
   w8a8  int8 weights and int8 activations, each token's row quantized on its own (fbgemm's
         integer matmul), with SmoothQuant's per-channel rescaling calibrated at load (see
-        llama.py) so that outlier channels do not swamp the 7-bit activation range: the fastest
-        on x86 CPUs without AVX512-BF16, and the lossiest
+        llama.py) so that outlier channels do not swamp the 7-bit activation range: the lossiest
 
-Every format offers `y = layer(x)` and `y = layer.add(x, residual)` (x W^T + b + residual; the
-fp32 kernel fuses the residual add into the matmul). Which modes are batch-invariant (a row's
+Every format offers `y = layer(x)` and `y = layer.add(x, residual)` (x W^T + b + residual, the
+add fused into the matmul where the kernel can). Which modes are batch-invariant (a row's
 result independent of the other rows) is measured by `llmos bench quality`.
 """
 
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from llmos.config import WEIGHT_MODES
+from llmos.kernel.model import matmul
 
 CPU_ONLY = ("fp16", "int8", "int4", "w8a8")
 COMPUTE_DTYPE = {
@@ -40,6 +43,7 @@ COMPUTE_DTYPE = {
     "int8": torch.float32, "int4": torch.float32, "w8a8": torch.float32,
 }
 INT4_GROUP = 32
+PANEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}  # modes matmul.c serves
 
 
 def compute_dtype(mode: str) -> torch.dtype:
@@ -57,6 +61,8 @@ def check_mode(mode: str, device: torch.device | str = "cpu") -> str:
 
 class Linear:
     """Plain `F.linear`: GPUs, and the fallback where no faster format applies."""
+
+    quantized = False  # True where `rows` gives the dequantized rows a tied embedding reads
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         self.weight = weight.detach()
@@ -103,8 +109,31 @@ class PackedLinear(Linear):
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
 
 
+class PanelLinear(Linear):
+    """matmul.c's kernel: the weight in panels of fp32, fp16 or int8 (one scale per output)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        self.panels = matmul.pack(weight, dtype)
+        self.bias = bias.detach().float().contiguous() if bias is not None else None
+        self.quantized = dtype == torch.int8
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return matmul.matmul(x, self.panels, self.bias)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return matmul.matmul(x, self.panels, self.bias, residual)
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows `ids` of W (dequantized): a tied embedding reads its vectors from here."""
+        panels, scale = self.panels.panels, self.panels.scale
+        w = panels[ids // matmul.PANEL, :, ids % matmul.PANEL].float()
+        return (w * scale[ids, None] if scale is not None else w).to(dtype)
+
+
 class Int8Linear(Linear):
     """Weight-only int8: W ~ q * scale, one scale per output channel (symmetric)."""
+
+    quantized = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
         w = weight.detach().float()
@@ -192,6 +221,8 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, mode: str, devi
     dtype = COMPUTE_DTYPE[mode]
     if device.type != "cpu":
         return Linear(weight.detach().to(device, dtype), bias.detach().to(device, dtype) if bias is not None else None)
+    if mode in PANEL_DTYPES and matmul.available():
+        return PanelLinear(weight, bias, PANEL_DTYPES[mode])
     if mode in ("fp32", "bf16"):
         return PackedLinear.make(weight.detach().to(dtype), bias.detach().to(dtype) if bias is not None else None)
     if mode == "fp16":

@@ -6,7 +6,7 @@ batch, with as few tensor operations per layer as the math allows, since at one 
 tokens a step each operation's fixed cost (~5-10 us) adds up to as much as the matmuls:
   - RMSNorm is one `F.rms_norm` call (bit for bit transformers' LlamaRMSNorm);
   - q, k and v come from one matmul, gate and up from another, and the residual adds ride on
-    the o and down projections (`linear.PackedLinear.add`: a oneDNN post-op);
+    the o and down projections (`Linear.add`: in the matmul's own output loop);
   - rotary embedding reads cos/sin from a table made once (transformers' own rotary module
     evaluated at every position) with the sign of rotate_half folded into sin, and is applied
     to q and k together, in place in the projection's output, so keys and values need no copy
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from llmos.kernel.model.attention import DecodeBatch, Segment, attend
-from llmos.kernel.model.linear import Int8Linear, Linear, compute_dtype, make_linear
+from llmos.kernel.model.linear import Linear, compute_dtype, make_linear
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 
@@ -91,7 +91,7 @@ class LlamaRunner:
         self.lm_head = self._linear(model.lm_head.weight, model.lm_head.bias, HEAD_MODE.get(weights, weights))
         embedding = inner.embed_tokens.weight
         tied = embedding.data_ptr() == model.lm_head.weight.data_ptr()
-        if tied and isinstance(self.lm_head, Int8Linear):
+        if tied and self.lm_head.quantized:
             self.embedding: torch.Tensor | None = None  # rows come from the quantized head
         else:
             self.embedding = embedding.detach().to(self.device, self.dtype)

@@ -1,0 +1,72 @@
+"""matmul.c, our projection kernel: the same products as torch's, a row's result independent
+of the other rows, and the lean forward on the real model unchanged in its answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmos.kernel.model import matmul
+from llmos.kernel.model.linear import PanelLinear, make_linear
+
+pytestmark = pytest.mark.skipif(not matmul.available(), reason="needs x86 AVX2 and a C compiler")
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float16, 1e-3), (torch.int8, 1e-2)])
+def test_products_match_torch_for_every_shape_and_row_count(dtype, tolerance):
+    torch.manual_seed(0)
+    # Output counts off the 16-wide tile, inputs across the 256-wide block, row counts across
+    # the 6-row tile and the 192-row pass.
+    for n, k in ((960, 576), (577, 1536), (5, 7), (33, 300)):
+        w, bias = torch.randn(n, k) * 0.05, torch.randn(n)
+        packed = matmul.pack(w, dtype)
+        stored = matmul.unpack(packed)
+        assert (stored - w).norm() / w.norm() < tolerance
+        for m in (1, 5, 6, 7, 13, 200):
+            x, residual = torch.randn(m, k), torch.randn(m, n)
+            expected = F.linear(x, stored, bias) + residual
+            assert torch.allclose(matmul.matmul(x, packed, bias, residual), expected, rtol=1e-4, atol=1e-4)
+            assert torch.allclose(matmul.matmul(x, packed), x @ stored.T, rtol=1e-4, atol=1e-4)
+
+
+def test_a_rows_result_does_not_depend_on_the_other_rows():
+    torch.manual_seed(1)
+    packed = matmul.pack(torch.randn(100, 1000), torch.float32)
+    x = torch.randn(300, 1000)
+    together = matmul.matmul(x, packed)
+    for row in (0, 5, 6, 191, 192, 299):
+        assert torch.equal(matmul.matmul(x[row : row + 1], packed)[0], together[row])
+    # A strided view (a chunk of a wider tensor) reads the same rows.
+    wide = torch.randn(7, 2000)
+    assert torch.equal(matmul.matmul(wide[:, :1000], packed), matmul.matmul(wide[:, :1000].contiguous(), packed))
+
+
+def test_wrong_shapes_are_refused():
+    packed = matmul.pack(torch.randn(16, 32), torch.float32)
+    with pytest.raises(ValueError, match="takes 32 inputs"):
+        matmul.matmul(torch.randn(2, 31), packed)
+    assert matmul.matmul(torch.randn(0, 32), packed).shape == (0, 16)
+
+
+def test_linear_modes_use_the_panels_and_tied_rows_come_back():
+    torch.manual_seed(2)
+    w = torch.randn(64, 96)
+    for mode in ("fp32", "fp16", "int8"):
+        layer = make_linear(w, None, mode, torch.device("cpu"))
+        assert isinstance(layer, PanelLinear)
+    int8 = make_linear(w, None, "int8", torch.device("cpu"))
+    ids = torch.tensor([0, 7, 8, 63])
+    assert int8.quantized and torch.allclose(int8.rows(ids, torch.float32), w[ids], atol=w.abs().max().item() / 127)
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("LLMOS_MATMUL", "torch")
+    matmul._library.cache_clear()
+    try:
+        assert not matmul.available()
+        assert not isinstance(make_linear(torch.randn(16, 32), None, "fp32", torch.device("cpu")), PanelLinear)
+    finally:
+        monkeypatch.delenv("LLMOS_MATMUL")
+        matmul._library.cache_clear()
+    assert matmul.available()
