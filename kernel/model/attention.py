@@ -9,7 +9,10 @@ projections and MLP see every token in one matmul. Attention is where sequences 
     than the others that batching it would make every seat read that far) is attended per
     segment, each against its own `SequenceKV` in place.
 Masked positions contribute exact zeros, so a process's attention is computed as it would be
-alone.
+alone. Single-token queries in fp32 (every decode row, seated or not) go to attention.c where
+it can be built (native.py): it reads each row's cache to that row's own length, where torch's
+fused kernel spends most of a decode step's attention in setup; a decode row then takes the
+same arithmetic whichever path it is on.
 
 transformers lets a model use a registered attention function by name; we register ours as
 "llmos" and install the current step's segments in a thread-local before each forward.
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llmos.kernel.model import native
 from llmos.kernel.model.kvcache import DecodeSlab, SequenceKV
 
 ATTN_NAME = "llmos"
@@ -57,7 +61,8 @@ class DecodeBatch:
     slab: DecodeSlab
     slots: torch.Tensor  # [B] seat of row b
     targets: torch.Tensor  # [B * kv_heads] where row b's head h is stored in a layer's flat view
-    mask: torch.Tensor  # [S, 1, 1, L]: 0 where a seat's query may see a position, -inf elsewhere
+    lengths: torch.Tensor  # [B] int32: positions row b sees (its own included)
+    mask: torch.Tensor | None  # [S, 1, 1, L]: 0 where a seat's query may see a position, -inf elsewhere (torch's kernel only)
     dense: bool  # slots are exactly 0..B-1: no scatter or gather needed
 
     @classmethod
@@ -67,17 +72,20 @@ class DecodeBatch:
         slab.finite(seats, length)
         device = slab.data.device
         slot_ids, written = torch.tensor(slots), torch.tensor(positions)
-        visible = torch.zeros(seats, dtype=torch.long)  # unused seats: position 0 only, never NaN
-        visible[slot_ids] = written
-        hidden = (torch.arange(length).unsqueeze(0) > visible.unsqueeze(1)).view(seats, 1, 1, length)
-        # Additive, made once per step: a boolean mask is turned into this in every layer's call.
-        mask = torch.zeros(hidden.shape, dtype=slab.data.dtype).masked_fill_(hidden, float("-inf"))
+        mask = None
+        if not _native_decode(slab.data):
+            visible = torch.zeros(seats, dtype=torch.long)  # unused seats: position 0 only, never NaN
+            visible[slot_ids] = written
+            hidden = (torch.arange(length).unsqueeze(0) > visible.unsqueeze(1)).view(seats, 1, 1, length)
+            # Additive, made once per step: a boolean mask is turned into this in every layer's call.
+            mask = torch.zeros(hidden.shape, dtype=slab.data.dtype).masked_fill_(hidden, float("-inf")).to(device)
         # A layer's slab [2, slot, head, position, dim] seen as [2, slot * head * position, dim]:
         # row b's head h goes to (slot_b * heads + h) * capacity + position_b.
         heads, capacity = slab.shape.kv_heads, slab.capacity
         base = slot_ids.unsqueeze(1) * heads + torch.arange(heads).unsqueeze(0)
         targets = (base * capacity + written.unsqueeze(1)).view(-1)
-        return cls(slab, slot_ids.to(device), targets.to(device), mask.to(device), dense=seats == len(slots))
+        lengths = (written + 1).to(torch.int32)
+        return cls(slab, slot_ids.to(device), targets.to(device), lengths, mask, dense=seats == len(slots))
 
     @property
     def size(self) -> int:
@@ -89,6 +97,8 @@ class DecodeBatch:
         data = self.slab.data[layer]  # [2, slot, kv_heads, position, dim]
         batch, _, heads, dim = new_kv.shape
         data.view(2, -1, dim).index_copy_(1, self.targets, new_kv.transpose(0, 1).reshape(2, batch * heads, dim))
+        if self.mask is None:
+            return decode_attention(grouped, data[0], data[1], self.slots, self.lengths, scale)
         seats, length = self.mask.shape[0], self.mask.shape[-1]
         keys, values = data[0, :seats, :, :length], data[1, :seats, :, :length]
         if self.dense:
@@ -162,6 +172,8 @@ def _attend_segment(
     if seg.n == 1:
         # A single query attends to everything stored: its grouped heads need no repeated
         # keys and no mask.
+        if _native_decode(cache):
+            return decode_attention(grouped[rows], keys, values, _SEAT_ZERO, torch.tensor([end], dtype=torch.int32), scale).view(1, q_heads, dim)
         out = F.scaled_dot_product_attention(grouped[rows], keys, values, scale=scale)
         return out.view(1, q_heads, dim)
     qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, q_heads, n, dim]
@@ -173,6 +185,32 @@ def _attend_segment(
             seg.mask = positions.unsqueeze(0) <= positions[seg.start :].unsqueeze(1)
         out = F.scaled_dot_product_attention(qs, keys, values, attn_mask=seg.mask, scale=scale, enable_gqa=True)
     return out[0].transpose(0, 1)
+
+
+_SEAT_ZERO = torch.zeros(1, dtype=torch.long)
+
+
+def _native_decode(cache: torch.Tensor) -> bool:
+    """Whether decode rows over this cache go to attention.c: fp32 on the CPU, heads a
+    multiple of 8 wide."""
+    return cache.dtype == torch.float32 and cache.device.type == "cpu" and cache.shape[-1] % 8 == 0 and native.available()
+
+
+def decode_attention(
+    grouped: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, seats: torch.Tensor, lengths: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """attention.c: grouped [B, kv_heads, rep, dim] queries,
+    keys/values [S, kv_heads, P, dim] (position and head strides free, dim contiguous), row b
+    reading seat seats[b]'s first lengths[b] positions. Returns [B, kv_heads, rep, dim]."""
+    rows, kv_heads, rep, dim = grouped.shape
+    grouped = grouped.contiguous()  # (a view of the projection's output: its rows are strided)
+    assert keys.stride() == values.stride() and keys.stride(-1) == 1 and keys.dtype == torch.float32
+    out = torch.empty(rows, kv_heads, rep, dim)
+    native.library().llmos_decode_attention(  # type: ignore[union-attr]
+        grouped.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1), keys.stride(2),
+        seats.data_ptr(), lengths.data_ptr(), rows, kv_heads * rep, kv_heads, dim, scale, out.data_ptr(),
+    )
+    return out
 
 
 def varlen_attention(

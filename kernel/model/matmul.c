@@ -1,5 +1,5 @@
 /* y = x W^T (* scale) + bias + residual for the lean forward's projections, on x86 with AVX2,
- * FMA and F16C (compiled on the machine that runs it: see matmul.py).
+ * FMA and F16C (compiled on the machine that runs it: see native.py).
  *
  * Why our own: at the few rows of a decode step a projection's cost is reading its weight, and
  * oneDNN's and fbgemm's kernels read it at 13-21 GB/s on the 2-core machine this was written

@@ -1,5 +1,6 @@
-"""matmul.c, our projection kernel: the same products as torch's, a row's result independent
-of the other rows, and the lean forward on the real model unchanged in its answers."""
+"""Our C kernels (native.py): matmul.c's projections and attention.c's decode attention give
+torch's results, a row's result independent of the other rows; the real model's answers with
+them are checked in test_backend.py (greedy equal to transformers', batched equal to alone)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmos.kernel.model import matmul
+from llmos.kernel.model import matmul, native
 from llmos.kernel.model.linear import PanelLinear, make_linear
 
 pytestmark = pytest.mark.skipif(not matmul.available(), reason="needs x86 AVX2 and a C compiler")
@@ -61,12 +62,37 @@ def test_linear_modes_use_the_panels_and_tied_rows_come_back():
 
 
 def test_switched_off_by_environment(monkeypatch):
-    monkeypatch.setenv("LLMOS_MATMUL", "torch")
-    matmul._library.cache_clear()
+    monkeypatch.setenv("LLMOS_NATIVE", "off")
+    native.library.cache_clear()
     try:
         assert not matmul.available()
         assert not isinstance(make_linear(torch.randn(16, 32), None, "fp32", torch.device("cpu")), PanelLinear)
     finally:
-        monkeypatch.delenv("LLMOS_MATMUL")
-        matmul._library.cache_clear()
+        monkeypatch.delenv("LLMOS_NATIVE")
+        native.library.cache_clear()
     assert matmul.available()
+
+
+def test_decode_attention_matches_torch_and_reads_only_its_own_length():
+    from llmos.kernel.model.attention import decode_attention
+
+    torch.manual_seed(3)
+    seats, kv_heads, rep, dim, capacity = 5, 3, 3, 64, 40
+    keys, values = torch.randn(seats, kv_heads, capacity, dim), torch.randn(seats, kv_heads, capacity, dim)
+    slots, lengths = torch.tensor([4, 0, 2]), torch.tensor([1, 17, 40], dtype=torch.int32)
+    q = torch.randn(3, kv_heads, rep, dim)
+    out = decode_attention(q, keys, values, slots, lengths, 0.125)
+    for b, (slot, length) in enumerate(zip(slots.tolist(), lengths.tolist())):
+        expected = F.scaled_dot_product_attention(q[b : b + 1], keys[slot : slot + 1, :, :length], values[slot : slot + 1, :, :length], scale=0.125)
+        assert torch.allclose(out[b], expected[0], atol=1e-5)
+    # What lies past a row's length is never read (NaNs there change nothing), and a row's
+    # result does not depend on the other rows.
+    keys[4, :, 1:], values[0, :, 17:] = float("nan"), float("nan")
+    assert torch.equal(decode_attention(q, keys, values, slots, lengths, 0.125), out)
+    assert torch.equal(decode_attention(q[1:2], keys, values, slots[1:2], lengths[1:2], 0.125)[0], out[1])
+    # Long rows (scores past the stack buffer) and large score ranges (e^x far below 1).
+    long_keys = torch.randn(1, 1, 9000, 8) * 30
+    long_values = torch.randn(1, 1, 9000, 8)
+    q1 = torch.randn(1, 1, 2, 8)
+    got = decode_attention(q1, long_keys, long_values, torch.zeros(1, dtype=torch.long), torch.tensor([9000], dtype=torch.int32), 1.0)
+    assert torch.allclose(got, F.scaled_dot_product_attention(q1, long_keys, long_values, scale=1.0), atol=1e-4)
