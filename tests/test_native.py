@@ -73,26 +73,34 @@ def test_switched_off_by_environment(monkeypatch):
     assert matmul.available()
 
 
-def test_decode_attention_matches_torch_and_reads_only_its_own_length():
+def test_decode_attention_stores_then_matches_torch_and_reads_only_its_own_length():
     from llmos.kernel.model.attention import decode_attention
 
     torch.manual_seed(3)
     seats, kv_heads, rep, dim, capacity = 5, 3, 3, 64, 40
     keys, values = torch.randn(seats, kv_heads, capacity, dim), torch.randn(seats, kv_heads, capacity, dim)
     slots, lengths = torch.tensor([4, 0, 2]), torch.tensor([1, 17, 40], dtype=torch.int32)
-    q = torch.randn(3, kv_heads, rep, dim)
-    out = decode_attention(q, keys, values, slots, lengths, 0.125)
+    # q and the new key/value as views of one projection output, rows strided.
+    projection = torch.randn(3, (kv_heads * rep + 2 * kv_heads) * dim + 5)
+    q = projection[:, : kv_heads * rep * dim].view(3, kv_heads * rep, dim)
+    new_kv = projection[:, kv_heads * rep * dim : -5].view(3, 2, kv_heads, dim)
+    before_k, before_v = keys.clone(), values.clone()
+    out = decode_attention(q, new_kv, keys, values, slots, lengths, 0.125)
     for b, (slot, length) in enumerate(zip(slots.tolist(), lengths.tolist())):
-        expected = F.scaled_dot_product_attention(q[b : b + 1], keys[slot : slot + 1, :, :length], values[slot : slot + 1, :, :length], scale=0.125)
-        assert torch.allclose(out[b], expected[0], atol=1e-5)
+        assert torch.equal(keys[slot, :, length - 1], new_kv[b, 0]) and torch.equal(values[slot, :, length - 1], new_kv[b, 1])
+        grouped = q[b].reshape(1, kv_heads, rep, dim)
+        expected = F.scaled_dot_product_attention(grouped, keys[slot : slot + 1, :, :length], values[slot : slot + 1, :, :length], scale=0.125)
+        assert torch.allclose(out[b], expected.view(kv_heads * rep, dim), atol=1e-5)
+    changed = (keys != before_k).any(dim=-1).nonzero().tolist()
+    assert sorted(changed) == sorted([s, h, n - 1] for s, n in zip(slots.tolist(), lengths.tolist()) for h in range(kv_heads))
     # What lies past a row's length is never read (NaNs there change nothing), and a row's
     # result does not depend on the other rows.
     keys[4, :, 1:], values[0, :, 17:] = float("nan"), float("nan")
-    assert torch.equal(decode_attention(q, keys, values, slots, lengths, 0.125), out)
-    assert torch.equal(decode_attention(q[1:2], keys, values, slots[1:2], lengths[1:2], 0.125)[0], out[1])
+    assert torch.equal(decode_attention(q, new_kv, keys, values, slots, lengths, 0.125), out)
+    assert torch.equal(decode_attention(q[1:2], new_kv[1:2], keys, values, slots[1:2], lengths[1:2], 0.125)[0], out[1])
     # Long rows (scores past the stack buffer) and large score ranges (e^x far below 1).
-    long_keys = torch.randn(1, 1, 9000, 8) * 30
-    long_values = torch.randn(1, 1, 9000, 8)
-    q1 = torch.randn(1, 1, 2, 8)
-    got = decode_attention(q1, long_keys, long_values, torch.zeros(1, dtype=torch.long), torch.tensor([9000], dtype=torch.int32), 1.0)
-    assert torch.allclose(got, F.scaled_dot_product_attention(q1, long_keys, long_values, scale=1.0), atol=1e-4)
+    long_keys, long_values = torch.randn(1, 1, 9000, 8) * 30, torch.randn(1, 1, 9000, 8)
+    q1, kv1 = torch.randn(1, 2, 8), torch.randn(1, 2, 1, 8)
+    got = decode_attention(q1, kv1, long_keys, long_values, torch.zeros(1, dtype=torch.long), torch.tensor([9000], dtype=torch.int32), 1.0)
+    expected = F.scaled_dot_product_attention(q1.view(1, 1, 2, 8), long_keys, long_values, scale=1.0)
+    assert torch.allclose(got, expected.view(1, 2, 8), atol=1e-4)

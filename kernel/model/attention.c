@@ -8,66 +8,50 @@
  * kv head score its first `length` keys, softmax, and sum the values, in fp32; nothing past
  * a row's length is read, and a row's result depends on that row alone (batch invariance).
  *
+ * The row's new key and value are stored first (each task its own head's), at position
+ * length - 1, so a layer's decode attention is one call.
+ *
  * Layout: keys/values [seat][kv_head][position][dim] with the given strides (in floats);
- * q and out [row][q_head][dim] contiguous; dim a multiple of 8.
+ * q [row][q_head][dim] and new_kv [row][key, value][kv_head][dim] with rows q_stride and
+ * kv_stride apart (views of the projection's output); out [row][q_head][dim] contiguous;
+ * dim a multiple of 8.
  */
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "simd.h"
 
-static inline float hsum(__m256 s);
 
 static inline float dot(const float *a, const float *b, int dim) {
   __m256 s = _mm256_setzero_ps();
   for (int d = 0; d < dim; d += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s);
-  return hsum(s);
-}
-
-/* e^x for x <= 0 (scores less their peak), Cephes' expf: x = n ln2 + r, e^r by a degree-5
- * polynomial, 2^n into the exponent bits; within 2 ulp of expf. */
-static inline __m256 exp_nonpositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  /* below this e^x is a denormal: call it that */
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-static inline float hsum(__m256 s) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  return _mm_cvtss_f32(h);
+  return hsum8(s);
 }
 
 #define STACK_SCORES 8192
 
-void llmos_decode_attention(const float *q, const float *keys, const float *values, long seat_stride,
-                            long head_stride, long pos_stride, const int64_t *seats, const int32_t *lengths,
-                            int rows, int q_heads, int kv_heads, int dim, float scale, float *out) {
+void llmos_decode_attention(const float *q, long q_stride, const float *new_kv, long kv_stride, float *keys,
+                            float *values, long seat_stride, long head_stride, long pos_stride,
+                            const int64_t *seats, const int32_t *lengths, int rows, int q_heads, int kv_heads,
+                            int dim, float scale, float *out) {
   int rep = q_heads / kv_heads;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int task = 0; task < rows * kv_heads; task++) {
     int b = task / kv_heads, h = task % kv_heads, length = lengths[b];
     int padded = (length + 7) & ~7;
-    const float *k = keys + seats[b] * seat_stride + h * head_stride;
-    const float *v = values + seats[b] * seat_stride + h * head_stride;
+    float *k = keys + seats[b] * seat_stride + h * head_stride;
+    float *v = values + seats[b] * seat_stride + h * head_stride;
+    const float *key = new_kv + b * kv_stride + h * dim, *value = key + kv_heads * dim;
+    for (int d = 0; d < dim; d++) {
+      k[(length - 1) * pos_stride + d] = key[d];
+      v[(length - 1) * pos_stride + d] = value[d];
+    }
     float stack[STACK_SCORES] __attribute__((aligned(32)));
     float *scores = padded <= STACK_SCORES ? stack : aligned_alloc(32, sizeof(float) * padded);
     for (int r = 0; r < rep; r++) {
       int head = h * rep + r;
-      const float *qh = q + ((long)b * q_heads + head) * dim;
+      const float *qh = q + b * q_stride + (long)head * dim;
       float *o = out + ((long)b * q_heads + head) * dim;
       float peak = -INFINITY;
       for (int p = 0; p < length; p++) {
@@ -89,7 +73,7 @@ void llmos_decode_attention(const float *q, const float *keys, const float *valu
         for (int d = 0; d < dim; d += 8)
           _mm256_storeu_ps(o + d, _mm256_fmadd_ps(weight, _mm256_loadu_ps(vp + d), _mm256_loadu_ps(o + d)));
       }
-      __m256 inverse = _mm256_set1_ps(1.0f / hsum(sums));
+      __m256 inverse = _mm256_set1_ps(1.0f / hsum8(sums));
       for (int d = 0; d < dim; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), inverse));
     }
     if (scores != stack) free(scores);

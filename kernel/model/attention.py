@@ -97,8 +97,6 @@ class DecodeBatch:
         data = self.slab.data[layer]  # [2, slot, kv_heads, position, dim]
         batch, _, heads, dim = new_kv.shape
         data.view(2, -1, dim).index_copy_(1, self.targets, new_kv.transpose(0, 1).reshape(2, batch * heads, dim))
-        if self.mask is None:
-            return decode_attention(grouped, data[0], data[1], self.slots, self.lengths, scale)
         seats, length = self.mask.shape[0], self.mask.shape[-1]
         keys, values = data[0, :seats, :, :length], data[1, :seats, :, :length]
         if self.dense:
@@ -147,7 +145,11 @@ def attend(
     grouped = q.view(n_tokens, kv_heads, q_heads // kv_heads, dim)  # query heads grouped by the KV head they share
     if batch is not None:
         decoded = batch.size
-        out = batch.attend(layer, grouped[:decoded], kv[:decoded], scale).view(decoded, q_heads, dim)
+        if batch.mask is None:  # attention.c stores and attends
+            data = batch.slab.data[layer]
+            out = decode_attention(q[:decoded], kv[:decoded], data[0], data[1], batch.slots, batch.lengths, scale)
+        else:
+            out = batch.attend(layer, grouped[:decoded], kv[:decoded], scale).view(decoded, q_heads, dim)
         if not segments:
             return out
         outputs = [out]
@@ -165,6 +167,8 @@ def _attend_segment(
     rows = slice(seg.row, seg.row + seg.n)
     cache = seg.cache(layer)
     end = seg.start + seg.n
+    if seg.n == 1 and _native_decode(cache):  # attention.c stores and attends
+        return decode_attention(q[rows], new_kv[rows], cache[0:1], cache[1:2], _SEAT_ZERO, torch.tensor([end], dtype=torch.int32), scale)
     cache[:, :, seg.start : end] = new_kv[rows].permute(1, 2, 0, 3)
     # Keys and values as [1, kv_heads, end, dim] views, in place. (4-D: torch's fused CPU
     # attention kernel only takes batched inputs; 3-D ones take the slow reference path.)
@@ -172,8 +176,6 @@ def _attend_segment(
     if seg.n == 1:
         # A single query attends to everything stored: its grouped heads need no repeated
         # keys and no mask.
-        if _native_decode(cache):
-            return decode_attention(grouped[rows], keys, values, _SEAT_ZERO, torch.tensor([end], dtype=torch.int32), scale).view(1, q_heads, dim)
         out = F.scaled_dot_product_attention(grouped[rows], keys, values, scale=scale)
         return out.view(1, q_heads, dim)
     qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, q_heads, n, dim]
@@ -197,18 +199,28 @@ def _native_decode(cache: torch.Tensor) -> bool:
 
 
 def decode_attention(
-    grouped: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, seats: torch.Tensor, lengths: torch.Tensor, scale: float
+    q: torch.Tensor,
+    new_kv: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    seats: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
-    """attention.c: grouped [B, kv_heads, rep, dim] queries,
-    keys/values [S, kv_heads, P, dim] (position and head strides free, dim contiguous), row b
-    reading seat seats[b]'s first lengths[b] positions. Returns [B, kv_heads, rep, dim]."""
-    rows, kv_heads, rep, dim = grouped.shape
-    grouped = grouped.contiguous()  # (a view of the projection's output: its rows are strided)
-    assert keys.stride() == values.stride() and keys.stride(-1) == 1 and keys.dtype == torch.float32
-    out = torch.empty(rows, kv_heads, rep, dim)
+    """attention.c: row b's key and value (new_kv [B, 2, kv_heads, dim]) are stored at position
+    lengths[b] - 1 of seat seats[b] in keys/values [S, kv_heads, P, dim], then its queries
+    q [B, q_heads, dim] attend to that seat's first lengths[b] positions. Rows of q and new_kv
+    may be strided (views of the projection's output), the rest of each must be dense; the
+    caches' strides are free but for dim. Returns [B, q_heads, dim]."""
+    rows, q_heads, dim = q.shape
+    kv_heads = new_kv.shape[2]
+    assert q.stride()[1:] == (dim, 1) and new_kv.stride()[1:] == (kv_heads * dim, dim, 1)
+    assert keys.stride() == values.stride() and keys.stride(-1) == 1 and keys.dtype == q.dtype == torch.float32
+    out = torch.empty(rows, q_heads, dim)
     native.library().llmos_decode_attention(  # type: ignore[union-attr]
-        grouped.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1), keys.stride(2),
-        seats.data_ptr(), lengths.data_ptr(), rows, kv_heads * rep, kv_heads, dim, scale, out.data_ptr(),
+        q.data_ptr(), q.stride(0), new_kv.data_ptr(), new_kv.stride(0), keys.data_ptr(), values.data_ptr(),
+        keys.stride(0), keys.stride(1), keys.stride(2), seats.data_ptr(), lengths.data_ptr(),
+        rows, q_heads, kv_heads, dim, scale, out.data_ptr(),
     )
     return out
 

@@ -4,7 +4,8 @@ transformers' own forward spends much of a small model's decode step in module p
 this one runs the same math on the same weights as plain tensor code over the flat token
 batch, with as few tensor operations per layer as the math allows, since at one or a few
 tokens a step each operation's fixed cost (~5-10 us) adds up to as much as the matmuls:
-  - RMSNorm is one `F.rms_norm` call (bit for bit transformers' LlamaRMSNorm);
+  - RMSNorm, rotary embedding and SiLU(gate) * up are one call each (fused.py: our C kernel
+    on the CPU in fp32, torch's ops elsewhere);
   - q, k and v come from one matmul, gate and up from another, and the residual adds ride on
     the o and down projections (`Linear.add`: in the matmul's own output loop);
   - rotary embedding reads cos/sin from a table made once (transformers' own rotary module
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from llmos.kernel.model import fused
 from llmos.kernel.model.attention import DecodeBatch, Segment, attend
 from llmos.kernel.model.linear import Linear, compute_dtype, make_linear
 
@@ -117,7 +119,7 @@ class LlamaRunner:
         cos, sin = cos[0].float(), sin[0].float()
         half = self.head_dim // 2
         sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
-        return cos.to(self.device, self.dtype), sin.to(self.device, self.dtype)
+        return cos.to(self.device, self.dtype).contiguous(), sin.to(self.device, self.dtype).contiguous()
 
     def _layer(self, layer: Any, smooth: dict[str, torch.Tensor] | None = None) -> Layer:
         attn, mlp = layer.self_attn, layer.mlp
@@ -221,23 +223,14 @@ class LlamaRunner:
         """ids, positions: [N]. Returns logits [len(keep), vocab] for the rows in `keep`."""
         n = ids.shape[0]
         heads, kv_heads, dim = self.q_heads, self.kv_heads, self.head_dim
-        rotated_heads = heads + kv_heads  # q and k, side by side in the qkv output
         x = self.embed(ids)
-        cos = self.cos[positions].unsqueeze(1)  # [N, 1, dim], broadcast over heads
-        sin = self.sin[positions].unsqueeze(1)
-        shape, swapped = (self.hidden,), (n, rotated_heads, 2, dim // 2)
+        rotary = fused.Rotary(self.cos, self.sin, positions)
         for index, layer in enumerate(self.layers):
-            h = F.rms_norm(x, shape, layer.input_norm, self.eps)
-            qkv = layer.qkv(h)
-            qk = qkv[:, : rotated_heads * dim].view(n, rotated_heads, dim)
-            rotated = qk.view(swapped).flip(2).view(n, rotated_heads, dim).mul_(sin)
-            qk.mul_(cos).add_(rotated)  # q * cos + rotate_half(q) * sin, as transformers computes it
+            qkv = layer.qkv(fused.rms_norm(x, layer.input_norm, self.eps))
+            rotary.apply(qkv, heads + kv_heads, dim)  # q and k, side by side in the output, in place
             q = qkv[:, : heads * dim].view(n, heads, dim)
             kv = qkv[:, heads * dim :].view(n, 2, kv_heads, dim)
             out = attend(index, q, kv, segments, self.scale, batch).view(n, heads * dim)
             x = layer.o.add(out, x)
-            h = F.rms_norm(x, shape, layer.post_norm, self.eps)
-            gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = layer.down.add(F.silu(gate).mul_(up), x)
-        x = F.rms_norm(x[keep], shape, self.norm, self.eps)
-        return self.lm_head(x)
+            x = layer.down.add(fused.silu_mul(layer.gate_up(fused.rms_norm(x, layer.post_norm, self.eps))), x)
+        return self.lm_head(fused.rms_norm(x[keep], self.norm, self.eps))

@@ -1,5 +1,5 @@
-"""Our own CPU kernels in C (matmul.c, attention.c: each says why it exists), built for this
-machine on first use and loaded with ctypes.
+"""Our own CPU kernels in C (matmul.c, attention.c, fused.c: each says why it exists), built
+for this machine on first use and loaded with ctypes.
 
 The sources are compiled together (`cc -O3 -march=native -fopenmp`, about a second; no torch
 headers) into one library in the cache folder, keyed by a hash of the sources, the flags and
@@ -29,14 +29,22 @@ from llmos.config import cache_dir
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("matmul.c", "attention.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("matmul.c", "attention.c", "fused.c")]
+HEADERS = [Path(__file__).with_name("simd.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 C_INT, C_LONG, C_FLOAT, C_PTR = ctypes.c_int, ctypes.c_long, ctypes.c_float, ctypes.c_void_p
 SIGNATURES = {
     # kind, weight, scale, N, K, x, ldx, M, y, bias, residual
     "llmos_matmul": [C_INT, C_PTR, C_PTR, C_INT, C_INT, C_PTR, C_LONG, C_INT, C_PTR, C_PTR, C_PTR],
-    # q, keys, values, seat/head/position strides, seats, lengths, rows, q_heads, kv_heads, dim, scale, out
-    "llmos_decode_attention": [C_PTR, C_PTR, C_PTR, C_LONG, C_LONG, C_LONG, C_PTR, C_PTR, C_INT, C_INT, C_INT, C_INT, C_FLOAT, C_PTR],
+    # q, q row stride, new kv, its row stride, keys, values, seat/head/position strides, seats,
+    # lengths, rows, q_heads, kv_heads, dim, scale, out
+    "llmos_decode_attention": [C_PTR, C_LONG, C_PTR, C_LONG, C_PTR, C_PTR, C_LONG, C_LONG, C_LONG, C_PTR, C_PTR, C_INT, C_INT, C_INT, C_INT, C_FLOAT, C_PTR],
+    # x, ldx, weight, rows, dim, eps, out
+    "llmos_rms_norm": [C_PTR, C_LONG, C_PTR, C_INT, C_INT, C_FLOAT, C_PTR],
+    # x, ldx, rows, heads, dim, cos, sin, positions
+    "llmos_rotary": [C_PTR, C_LONG, C_INT, C_INT, C_INT, C_PTR, C_PTR, C_PTR],
+    # x, ldx, rows, width, out
+    "llmos_silu_mul": [C_PTR, C_LONG, C_INT, C_INT, C_PTR],
 }
 
 
@@ -80,7 +88,7 @@ def _cpu_has(*flags: str) -> bool:
 def _compiled(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     digest = hashlib.sha256(" ".join(FLAGS).encode() + version.encode())
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
     folder = cache_dir() / "native"
     folder.mkdir(parents=True, exist_ok=True)
