@@ -104,3 +104,35 @@ def test_decode_attention_stores_then_matches_torch_and_reads_only_its_own_lengt
     got = decode_attention(q1, kv1, long_keys, long_values, torch.zeros(1, dtype=torch.long), torch.tensor([9000], dtype=torch.int32), 1.0)
     expected = F.scaled_dot_product_attention(q1.view(1, 1, 2, 8), long_keys, long_values, scale=1.0)
     assert torch.allclose(got, expected.view(1, 2, 8), atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["tiny", "real"])
+def test_a_decode_step_in_one_call_equals_the_per_op_path(tiny_backend, real_backend, which):
+    """layer.c runs a step of seated decoders through every layer at once; llama.py's per-op
+    path runs the same kernels one by one: the logits must be the same bits."""
+    from llmos.kernel.model.backend import WorkItem
+
+    backend = tiny_backend if which == "tiny" else real_backend
+    runner = backend.runner
+    assert runner.stack is not None
+    kvs = [backend.new_kv() for _ in range(3)]
+    prompts = ["hello there", "a longer prompt than the other two", "x"]
+    logits = backend.step([WorkItem(kv, backend.encode(p), True) for kv, p in zip(kvs, prompts)])
+    tokens = logits.argmax(-1).tolist()
+    for _ in range(3):
+        plan = backend.plan([WorkItem(kv, [t], True) for kv, t in zip(kvs, tokens)])
+        assert plan.batch is not None and not plan.segments and plan.batch.mask is None
+        ids, positions = torch.tensor(plan.ids), torch.tensor(plan.positions)
+        with torch.inference_mode():
+            # Both write the same keys and values at the same positions: the second run sees
+            # the cache the first one left, as it would have been.
+            one_call = runner.forward(ids, positions, plan.segments, plan.keep, plan.batch)
+            stack, runner.stack = runner.stack, None
+            try:
+                per_op = runner.forward(ids, positions, plan.segments, plan.keep, plan.batch)
+            finally:
+                runner.stack = stack
+        assert torch.equal(one_call, per_op)
+        for item in plan.items:
+            item.kv.token_ids.extend(item.tokens)
+        tokens = one_call.argmax(-1).tolist()

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 /* out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight; x rows ldx apart, out dense. */

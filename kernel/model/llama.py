@@ -103,6 +103,7 @@ class LlamaRunner:
         self.cos, self.sin = self._rotary_tables(inner.rotary_emb, int(getattr(cfg, "max_position_embeddings", 2048)))
         smoothing = self._smoothing(model, calibration or []) if weights == "w8a8" else None
         self.layers = [self._layer(layer, smoothing[i] if smoothing else None) for i, layer in enumerate(inner.layers)]
+        self.stack = fused.DecodeStack(self) if fused.DecodeStack.fits(self) else None
 
     def _linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None, mode: str | None = None) -> Linear:
         return make_linear(weight, bias, mode or self.weights, self.device)
@@ -224,6 +225,9 @@ class LlamaRunner:
         n = ids.shape[0]
         heads, kv_heads, dim = self.q_heads, self.kv_heads, self.head_dim
         x = self.embed(ids)
+        if self.stack is not None and batch is not None and not segments and batch.mask is None:
+            x = self.stack.run(x, positions, batch)  # every row a seated decoder: one call
+            return self.lm_head(fused.rms_norm(x[keep], self.norm, self.eps))
         rotary = fused.Rotary(self.cos, self.sin, positions)
         for index, layer in enumerate(self.layers):
             qkv = layer.qkv(fused.rms_norm(x, layer.input_norm, self.eps))

@@ -19,6 +19,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "kernels.h"
+
 enum { W_F32 = 0, W_F16 = 1, W_I8 = 2 };
 #define NP 2    /* panels per tile */
 #define MT 6    /* rows per tile */

@@ -1,5 +1,5 @@
-"""Our own CPU kernels in C (matmul.c, attention.c, fused.c: each says why it exists), built
-for this machine on first use and loaded with ctypes.
+"""Our own CPU kernels in C (matmul.c, attention.c, fused.c, layer.c: each says why it exists),
+built for this machine on first use and loaded with ctypes.
 
 The sources are compiled together (`cc -O3 -march=native -fopenmp`, about a second; no torch
 headers) into one library in the cache folder, keyed by a hash of the sources, the flags and
@@ -29,8 +29,8 @@ from llmos.config import cache_dir
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("matmul.c", "attention.c", "fused.c")]
-HEADERS = [Path(__file__).with_name("simd.h")]
+SOURCES = [Path(__file__).with_name(name) for name in ("matmul.c", "attention.c", "fused.c", "layer.c")]
+HEADERS = [Path(__file__).with_name(name) for name in ("kernels.h", "simd.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 C_INT, C_LONG, C_FLOAT, C_PTR = ctypes.c_int, ctypes.c_long, ctypes.c_float, ctypes.c_void_p
 SIGNATURES = {
@@ -45,7 +45,11 @@ SIGNATURES = {
     "llmos_rotary": [C_PTR, C_LONG, C_INT, C_INT, C_INT, C_PTR, C_PTR, C_PTR],
     # x, ldx, rows, width, out
     "llmos_silu_mul": [C_PTR, C_LONG, C_INT, C_INT, C_PTR],
+    # shape, layers, count, x, rows, positions, slab, layer stride, value offset, seat/head/position
+    # strides, seats, lengths
+    "llmos_decode_layers": [C_PTR, C_PTR, C_INT, C_PTR, C_INT, C_PTR, C_PTR, C_LONG, C_LONG, C_LONG, C_LONG, C_LONG, C_PTR, C_PTR],
 }
+RESTYPES = {"llmos_decode_layers": ctypes.c_int}
 
 
 @functools.cache
@@ -65,7 +69,7 @@ def library() -> ctypes.CDLL | None:
         return None
     for name, argtypes in SIGNATURES.items():
         function = getattr(lib, name)
-        function.restype, function.argtypes = None, argtypes
+        function.restype, function.argtypes = RESTYPES.get(name), argtypes
     return lib
 
 
