@@ -2,8 +2,8 @@
 #pragma once
 #include <stdint.h>
 
-void llmos_matmul(int wtype, const void *W, const float *scale, int N, int K, const float *x, long ldx, int M,
-                  float *y, const float *bias, const float *residual);
+int llmos_matmul(int wtype, const void *W, const float *scale, int N, int K, const float *x, long ldx, int M,
+                 float *y, const float *bias, const float *residual);
 void llmos_decode_attention(const float *q, long q_stride, const float *new_kv, long kv_stride, float *keys,
                             float *values, long seat_stride, long head_stride, long pos_stride,
                             const int64_t *seats, const int32_t *lengths, int rows, int q_heads, int kv_heads,

@@ -26,8 +26,8 @@ typedef struct {
   const float *cos, *sin; /* [position][dim] tables, sin's first half negated */
 } Shape;
 
-static void project(const Projection *p, const float *x, int rows, float *y, const float *residual) {
-  llmos_matmul(p->kind, p->weight, p->scale, p->out_features, p->in_features, x, p->in_features, rows, y, p->bias,
+static int project(const Projection *p, const float *x, int rows, float *y, const float *residual) {
+  return llmos_matmul(p->kind, p->weight, p->scale, p->out_features, p->in_features, x, p->in_features, rows, y, p->bias,
                residual);
 }
 
@@ -42,22 +42,23 @@ int llmos_decode_layers(const Shape *s, const Layer *layers, int count, float *x
   float *out = malloc(sizeof(float) * rows * attended);
   float *gate_up = malloc(sizeof(float) * rows * 2 * s->intermediate);
   float *act = malloc(sizeof(float) * rows * s->intermediate);
-  int ok = h && qkv && out && gate_up && act;
+  int ok = h && qkv && out && gate_up && act, done = 0;
   for (int l = 0; ok && l < count; l++) {
     const Layer *L = layers + l;
     float *keys = slab + l * layer_stride;
     llmos_rms_norm(x, s->hidden, L->input_norm, rows, s->hidden, s->eps, h);
-    project(&L->qkv, h, rows, qkv, NULL);
+    if (project(&L->qkv, h, rows, qkv, NULL)) break;
     llmos_rotary(qkv, qkv_width, rows, s->q_heads + s->kv_heads, s->dim, s->cos, s->sin, positions);
     llmos_decode_attention(qkv, qkv_width, qkv + attended, qkv_width, keys, keys + value_offset, seat_stride,
                            head_stride, pos_stride, seats, lengths, rows, s->q_heads, s->kv_heads, s->dim,
                            s->attention_scale, out);
-    project(&L->o, out, rows, x, x); /* the residual add, in place: each element read then written once */
+    if (project(&L->o, out, rows, x, x)) break; /* the residual add, in place: each element read then written once */
     llmos_rms_norm(x, s->hidden, L->post_norm, rows, s->hidden, s->eps, h);
-    project(&L->gate_up, h, rows, gate_up, NULL);
+    if (project(&L->gate_up, h, rows, gate_up, NULL)) break;
     llmos_silu_mul(gate_up, 2 * s->intermediate, rows, s->intermediate, act);
-    project(&L->down, act, rows, x, x);
+    if (project(&L->down, act, rows, x, x)) break;
+    done = l + 1;
   }
   free(h), free(qkv), free(out), free(gate_up), free(act);
-  return ok ? 0 : -1;
+  return ok && done == count ? 0 : -1;
 }

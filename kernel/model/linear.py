@@ -12,8 +12,9 @@ torch's kernels named below. The modes (`--weights`, LLMOS_WEIGHTS):
         keeps 11 bits of each weight, so results are within rounding of fp32; fallback: fbgemm
   bf16  bfloat16 weights and activations: oneDNN-packed where the CPU has AVX512-BF16 or AMX,
         plain `F.linear` otherwise (slow on AVX2-only CPUs, which convert in software); on GPUs
-  int8  weight-only int8, one scale per output channel, fp32 activations and sums; fallback:
-        torch's `_weight_int8pack_mm`, which takes bf16 inputs
+  int8  int8 weights, one scale per output channel; each row of activations rounded to int16
+        with its own scale (a 2^-15 step, so still batch-invariant), integer products, fp32
+        sums; fallback: torch's `_weight_int8pack_mm`, which takes bf16 inputs
   int4  weight-only int4 in groups of 32 along the input with a scale and a minimum each
         (the scheme of GGUF's Q4_1, so the default model's weights come back nearly exactly),
         torch's `_weight_int4pack_mm_for_cpu` (bf16 inputs: each matmul's input is rounded to
@@ -125,9 +126,7 @@ class PanelLinear(Linear):
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows `ids` of W (dequantized): a tied embedding reads its vectors from here."""
-        panels, scale = self.panels.panels, self.panels.scale
-        w = panels[ids // matmul.PANEL, :, ids % matmul.PANEL].float()
-        return (w * scale[ids, None] if scale is not None else w).to(dtype)
+        return matmul.rows(self.panels, ids).to(dtype)
 
 
 class Int8Linear(Linear):

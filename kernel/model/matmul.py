@@ -11,7 +11,7 @@ import torch
 from llmos.kernel.model import native
 
 PANEL = 8  # outputs per panel
-TILE = 16  # outputs per tile: weights are padded to a multiple of this
+TILE = 32  # outputs per widest tile: weights are padded to a multiple of this
 W_CODES = {torch.float32: 0, torch.float16: 1, torch.int8: 2}
 
 
@@ -21,8 +21,9 @@ def available() -> bool:
 
 @dataclass
 class PanelWeight:
-    """A weight [N, K] stored as panels [ceil16(N)/8, K, 8] in fp32, fp16 or int8 (with one
-    fp32 scale per output: W ~ q * scale)."""
+    """A weight [N, K] stored as panels [ceil32(N)/8, K, 8] in fp32 or fp16, or int8 with input
+    channels in pairs, [ceil32(N)/8, ceil2(K)/2, 8, 2], and one fp32 scale per output
+    (W ~ q * scale): matmul.c multiplies int8 pairs by int16 pairs."""
 
     panels: torch.Tensor
     scale: torch.Tensor | None
@@ -38,16 +39,27 @@ def pack(weight: torch.Tensor, dtype: torch.dtype) -> PanelWeight:
     if dtype == torch.int8:
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
         w = torch.round(w / scale[:, None]).clamp(-127, 127)
-    padded = torch.zeros((n + TILE - 1) // TILE * TILE, k)
-    padded[:n] = w
-    panels = padded.view(-1, PANEL, k).transpose(1, 2).to(dtype).contiguous()
+    pairs = dtype == torch.int8
+    padded = torch.zeros((n + TILE - 1) // TILE * TILE, k + (k % 2 if pairs else 0))
+    padded[:n, :k] = w
+    if pairs:  # [panel, output, pair, 2] -> [panel, pair, output, 2]
+        panels = padded.view(-1, PANEL, padded.shape[1] // 2, 2).transpose(1, 2).to(dtype).contiguous()
+    else:
+        panels = padded.view(-1, PANEL, k).transpose(1, 2).to(dtype).contiguous()
     return PanelWeight(panels, scale.contiguous() if scale is not None else None, n, k)
 
 
+def rows(weight: PanelWeight, ids: torch.Tensor) -> torch.Tensor:
+    """Rows `ids` of the fp32 weight the panels hold (dequantized): a tied embedding's vectors."""
+    panel, within = ids // PANEL, ids % PANEL
+    w = weight.panels[panel, :, within].float()  # [len(ids), K] or [len(ids), K'/2, 2]
+    w = w.reshape(len(ids), -1)[:, : weight.in_features]
+    return w * weight.scale[ids, None] if weight.scale is not None else w
+
+
 def unpack(weight: PanelWeight) -> torch.Tensor:
-    """The fp32 weight [N, K] the panels hold (dequantized): tests, and tied embeddings."""
-    w = weight.panels.float().transpose(1, 2).reshape(-1, weight.in_features)[: weight.out_features]
-    return w * weight.scale[:, None] if weight.scale is not None else w
+    """The fp32 weight [N, K] the panels hold (dequantized): tests."""
+    return rows(weight, torch.arange(weight.out_features))
 
 
 def matmul(
@@ -64,12 +76,12 @@ def matmul(
         raise ValueError(f"matmul: x is {tuple(x.shape)}, the weight takes {weight.in_features} inputs")
     m = x.shape[0]
     y = torch.empty(m, weight.out_features)
-    if m:
-        lib.llmos_matmul(
+    if m and lib.llmos_matmul(
             W_CODES[weight.panels.dtype], weight.panels.data_ptr(),
             weight.scale.data_ptr() if weight.scale is not None else None,
             weight.out_features, weight.in_features, x.data_ptr(), x.stride(0), m, y.data_ptr(),
             bias.data_ptr() if bias is not None else None,
             residual.data_ptr() if residual is not None else None,
-        )
+    ):
+        raise MemoryError("matmul: out of memory for the quantized rows")
     return y

@@ -49,7 +49,7 @@ SIGNATURES = {
     # strides, seats, lengths
     "llmos_decode_layers": [C_PTR, C_PTR, C_INT, C_PTR, C_INT, C_PTR, C_PTR, C_LONG, C_LONG, C_LONG, C_LONG, C_LONG, C_PTR, C_PTR],
 }
-RESTYPES = {"llmos_decode_layers": ctypes.c_int}
+RESTYPES = {"llmos_decode_layers": ctypes.c_int, "llmos_matmul": ctypes.c_int}
 
 
 @functools.cache
