@@ -60,7 +60,7 @@ class DecodeBatch:
 
     slab: DecodeSlab
     slots: torch.Tensor  # [B] seat of row b
-    targets: torch.Tensor  # [B * kv_heads] where row b's head h is stored in a layer's flat view
+    targets: torch.Tensor  # [B * kv_heads] where row b's head h is stored in a layer's flat view (torch's kernel only)
     lengths: torch.Tensor  # [B] int32: positions row b sees (its own included)
     mask: torch.Tensor | None  # [S, 1, 1, L]: 0 where a seat's query may see a position, -inf elsewhere (torch's kernel only)
     dense: bool  # slots are exactly 0..B-1: no scatter or gather needed
@@ -68,23 +68,25 @@ class DecodeBatch:
     @classmethod
     def build(cls, slab: DecodeSlab, slots: list[int], positions: list[int]) -> "DecodeBatch":
         seats = max(slots) + 1
-        length = max(positions) + 1
-        slab.finite(seats, length)
         device = slab.data.device
         slot_ids, written = torch.tensor(slots), torch.tensor(positions)
-        mask = None
-        if not _native_decode(slab.data):
-            visible = torch.zeros(seats, dtype=torch.long)  # unused seats: position 0 only, never NaN
-            visible[slot_ids] = written
-            hidden = (torch.arange(length).unsqueeze(0) > visible.unsqueeze(1)).view(seats, 1, 1, length)
-            # Additive, made once per step: a boolean mask is turned into this in every layer's call.
-            mask = torch.zeros(hidden.shape, dtype=slab.data.dtype).masked_fill_(hidden, float("-inf")).to(device)
+        lengths = (written + 1).to(torch.int32)
+        if _native_decode(slab.data):
+            # attention.c stores each row's key and value and reads its seat to its own length:
+            # no mask, no scatter targets, nothing unwritten is read (no `finite`).
+            return cls(slab, slot_ids, slot_ids, lengths, None, dense=seats == len(slots))
+        length = max(positions) + 1
+        slab.finite(seats, length)
+        visible = torch.zeros(seats, dtype=torch.long)  # unused seats: position 0 only, never NaN
+        visible[slot_ids] = written
+        hidden = (torch.arange(length).unsqueeze(0) > visible.unsqueeze(1)).view(seats, 1, 1, length)
+        # Additive, made once per step: a boolean mask is turned into this in every layer's call.
+        mask = torch.zeros(hidden.shape, dtype=slab.data.dtype).masked_fill_(hidden, float("-inf")).to(device)
         # A layer's slab [2, slot, head, position, dim] seen as [2, slot * head * position, dim]:
         # row b's head h goes to (slot_b * heads + h) * capacity + position_b.
         heads, capacity = slab.shape.kv_heads, slab.capacity
         base = slot_ids.unsqueeze(1) * heads + torch.arange(heads).unsqueeze(0)
         targets = (base * capacity + written.unsqueeze(1)).view(-1)
-        lengths = (written + 1).to(torch.int32)
         return cls(slab, slot_ids.to(device), targets.to(device), lengths, mask, dense=seats == len(slots))
 
     @property
