@@ -60,7 +60,7 @@ class DecodeBatch:
 
     slab: DecodeSlab
     slots: torch.Tensor  # [B] seat of row b
-    targets: torch.Tensor  # [B * kv_heads] where row b's head h is stored in a layer's flat view (torch's kernel only)
+    targets: torch.Tensor | None  # [B * kv_heads] where row b's head h is stored in a layer's flat view (torch's kernel only)
     lengths: torch.Tensor  # [B] int32: positions row b sees (its own included)
     mask: torch.Tensor | None  # [S, 1, 1, L]: 0 where a seat's query may see a position, -inf elsewhere (torch's kernel only)
     dense: bool  # slots are exactly 0..B-1: no scatter or gather needed
@@ -74,7 +74,7 @@ class DecodeBatch:
         if _native_decode(slab.data):
             # attention.c stores each row's key and value and reads its seat to its own length:
             # no mask, no scatter targets, nothing unwritten is read (no `finite`).
-            return cls(slab, slot_ids, slot_ids, lengths, None, dense=seats == len(slots))
+            return cls(slab, slot_ids, None, lengths, None, dense=seats == len(slots))
         length = max(positions) + 1
         slab.finite(seats, length)
         visible = torch.zeros(seats, dtype=torch.long)  # unused seats: position 0 only, never NaN
@@ -98,6 +98,7 @@ class DecodeBatch:
         projection's output). Returns [B, kv_heads, rep, dim]."""
         data = self.slab.data[layer]  # [2, slot, kv_heads, position, dim]
         batch, _, heads, dim = new_kv.shape
+        assert self.targets is not None and self.mask is not None  # attention.c's rows go through `attend`
         data.view(2, -1, dim).index_copy_(1, self.targets, new_kv.transpose(0, 1).reshape(2, batch * heads, dim))
         seats, length = self.mask.shape[0], self.mask.shape[-1]
         keys, values = data[0, :seats, :, :length], data[1, :seats, :, :length]
