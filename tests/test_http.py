@@ -146,7 +146,7 @@ def test_a_long_stream_outlives_the_read_timeout_and_a_stalled_body_does_not(tin
                     for line in r.iter_lines():
                         if line.startswith("data: {"):
                             chunks += 1
-                            time.sleep(0.003)  # a slow reader: the stream lasts well past the timeout
+                            time.sleep(0.006)  # a slow reader: the stream lasts well past the timeout (>= 2.4 s)
                         done = done or line == "data: [DONE]"
                 took = time.monotonic() - started
                 s = socket.create_connection(("127.0.0.1", d.http_port))

@@ -88,14 +88,14 @@ def test_decode_attention_stores_then_matches_torch_and_reads_only_its_own_lengt
     projection = torch.randn(3, (kv_heads * rep + 2 * kv_heads) * dim + 5)
     q = projection[:, : kv_heads * rep * dim].view(3, kv_heads * rep, dim)
     new_kv = projection[:, kv_heads * rep * dim : -5].view(3, 2, kv_heads, dim)
-    before_k, before_v = keys.clone(), values.clone()
+    before = keys.clone()
     out = decode_attention(q, new_kv, keys, values, slots, lengths, 0.125)
     for b, (slot, length) in enumerate(zip(slots.tolist(), lengths.tolist())):
         assert torch.equal(keys[slot, :, length - 1], new_kv[b, 0]) and torch.equal(values[slot, :, length - 1], new_kv[b, 1])
         grouped = q[b].reshape(1, kv_heads, rep, dim)
         expected = F.scaled_dot_product_attention(grouped, keys[slot : slot + 1, :, :length], values[slot : slot + 1, :, :length], scale=0.125)
         assert torch.allclose(out[b], expected.view(kv_heads * rep, dim), atol=1e-5)
-    changed = (keys != before_k).any(dim=-1).nonzero().tolist()
+    changed = (keys != before).any(dim=-1).nonzero().tolist()
     assert sorted(changed) == sorted([s, h, n - 1] for s, n in zip(slots.tolist(), lengths.tolist()) for h in range(kv_heads))
     # What lies past a row's length is never read (NaNs there change nothing), and a row's
     # result does not depend on the other rows.

@@ -102,16 +102,16 @@ class DecodeStack:
             runner.eps, runner.scale, runner.cos.data_ptr(), runner.sin.data_ptr(),
         )
         self.layers = (_Layer * len(layers))(*[
-            _Layer(l.input_norm.data_ptr(), l.post_norm.data_ptr(), _projection(l.qkv), _projection(l.o),
-                   _projection(l.gate_up), _projection(l.down))
-            for l in layers
+            _Layer(layer.input_norm.data_ptr(), layer.post_norm.data_ptr(), _projection(layer.qkv), _projection(layer.o),
+                   _projection(layer.gate_up), _projection(layer.down))
+            for layer in layers
         ])
 
     @staticmethod
     def fits(runner: Any) -> bool:
         """Whether layer.c can run this runner's layers: fp32 on the CPU, our kernels built, every
         projection in panels, heads a multiple of 8 wide."""
-        projections = [p for l in runner.layers for p in (l.qkv, l.o, l.gate_up, l.down)]
+        projections = [p for layer in runner.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
         return (
             runner.dtype == torch.float32 and runner.device.type == "cpu" and native.available()
             and runner.head_dim % 8 == 0 and all(isinstance(p, PanelLinear) for p in projections)
