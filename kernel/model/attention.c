@@ -31,6 +31,23 @@ static inline float dot(const float *a, const float *b, int dim) {
   return hsum8(s);
 }
 
+/* q . k for 8 consecutive positions (stride apart): 8 sums of 8 lanes, then one transposing
+ * reduction (hadd) instead of 8 horizontal sums. */
+static inline __m256 scores8(const float *q, const float *k, long stride, int dim) {
+  __m256 s[8];
+  for (int j = 0; j < 8; j++) s[j] = _mm256_setzero_ps();
+  for (int d = 0; d < dim; d += 8) {
+    __m256 qd = _mm256_loadu_ps(q + d);
+    for (int j = 0; j < 8; j++) s[j] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + j * stride + d), s[j]);
+  }
+  __m256 a = _mm256_hadd_ps(s[0], s[1]), b = _mm256_hadd_ps(s[2], s[3]);
+  __m256 c = _mm256_hadd_ps(s[4], s[5]), e = _mm256_hadd_ps(s[6], s[7]);
+  __m256 ab = _mm256_hadd_ps(a, b), ce = _mm256_hadd_ps(c, e);
+  /* ab: [0 1 2 3 | 0 1 2 3] halves (low lanes from the low 128 bits), ce likewise for 4..7 */
+  __m256 low = _mm256_permute2f128_ps(ab, ce, 0x20), high = _mm256_permute2f128_ps(ab, ce, 0x31);
+  return _mm256_add_ps(low, high);
+}
+
 #define STACK_SCORES 8192
 
 void llmos_decode_attention(const float *q, long q_stride, const float *new_kv, long kv_stride, float *keys,
@@ -57,24 +74,37 @@ void llmos_decode_attention(const float *q, long q_stride, const float *new_kv, 
     const float *qh = q + b * q_stride + (long)head * dim;
     float *o = out + ((long)b * q_heads + head) * dim;
     float peak = -INFINITY;
-    for (int p = 0; p < length; p++) {
-      float s = dot(qh, k + p * pos_stride, dim) * scale;
-      scores[p] = s;
-      peak = s > peak ? s : peak;
+    int p = 0;
+    for (; p + 8 <= length; p += 8) { /* 8 positions at once: one reduction for the 8 sums */
+      __m256 s = scores8(qh, k + p * pos_stride, pos_stride, dim);
+      _mm256_store_ps(scores + p, _mm256_mul_ps(s, _mm256_set1_ps(scale)));
     }
-    for (int p = length; p < padded; p++) scores[p] = -INFINITY;  /* e^-inf: 0 */
+    for (; p < length; p++) scores[p] = dot(qh, k + p * pos_stride, dim) * scale;
+    for (p = 0; p < length; p++) peak = scores[p] > peak ? scores[p] : peak;
+    for (p = length; p < padded; p++) scores[p] = -INFINITY; /* e^-inf: 0 */
     __m256 sums = _mm256_setzero_ps(), top = _mm256_set1_ps(peak);
-    for (int p = 0; p < padded; p += 8) {
+    for (p = 0; p < padded; p += 8) {
       __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_load_ps(scores + p), top));
       _mm256_store_ps(scores + p, e);
       sums = _mm256_add_ps(sums, e);
     }
-    for (int d = 0; d < dim; d += 8) _mm256_storeu_ps(o + d, _mm256_setzero_ps());
-    for (int p = 0; p < length; p++) {
-      __m256 weight = _mm256_set1_ps(scores[p]);
-      const float *vp = v + p * pos_stride;
-      for (int d = 0; d < dim; d += 8)
-        _mm256_storeu_ps(o + d, _mm256_fmadd_ps(weight, _mm256_loadu_ps(vp + d), _mm256_loadu_ps(o + d)));
+    if (dim == 64) { /* the common head size: the output stays in registers */
+      __m256 acc[8];
+      for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+      for (p = 0; p < length; p++) {
+        __m256 weight = _mm256_set1_ps(scores[p]);
+        const float *vp = v + p * pos_stride;
+        for (int c = 0; c < 8; c++) acc[c] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(vp + 8 * c), acc[c]);
+      }
+      for (int c = 0; c < 8; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
+    } else {
+      for (int d = 0; d < dim; d += 8) _mm256_storeu_ps(o + d, _mm256_setzero_ps());
+      for (p = 0; p < length; p++) {
+        __m256 weight = _mm256_set1_ps(scores[p]);
+        const float *vp = v + p * pos_stride;
+        for (int d = 0; d < dim; d += 8)
+          _mm256_storeu_ps(o + d, _mm256_fmadd_ps(weight, _mm256_loadu_ps(vp + d), _mm256_loadu_ps(o + d)));
+      }
     }
     __m256 inverse = _mm256_set1_ps(1.0f / hsum8(sums));
     for (int d = 0; d < dim; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), inverse));
