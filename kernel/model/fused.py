@@ -15,14 +15,10 @@ from llmos.kernel.model.attention import DecodeBatch
 from llmos.kernel.model.linear import PanelLinear
 
 
-def native_for(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float32 and x.device.type == "cpu" and native.available()
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x [N, dim] (rows may be strided) -> x / rms(x) * weight, as transformers' LlamaRMSNorm."""
     rows, dim = x.shape
-    if not native_for(x) or x.stride(1) != 1:
+    if not native.serves(x) or x.stride(1) != 1:
         return F.rms_norm(x, (dim,), weight, eps)
     out = torch.empty(rows, dim)
     native.library().llmos_rms_norm(x.data_ptr(), x.stride(0), weight.data_ptr(), rows, dim, eps, out.data_ptr())  # type: ignore[union-attr]
@@ -32,7 +28,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up [N, 2 * width] -> silu(gate) * up, [N, width]."""
     rows, width = gate_up.shape[0], gate_up.shape[1] // 2
-    if not native_for(gate_up) or gate_up.stride(1) != 1:
+    if not native.serves(gate_up) or gate_up.stride(1) != 1:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate).mul_(up)
     out = torch.empty(rows, width)
@@ -46,7 +42,7 @@ class Rotary:
     folded into sin (llama.py makes them)."""
 
     def __init__(self, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> None:
-        self.native = native_for(cos)
+        self.native = native.serves(cos)
         if self.native:
             self.cos, self.sin, self.positions = cos, sin, positions.to(torch.int64).contiguous()
         else:  # gathered once for every layer: [N, 1, dim], broadcast over heads
@@ -96,7 +92,6 @@ class DecodeStack:
 
     def __init__(self, runner: Any) -> None:
         layers = runner.layers
-        self._keep = (runner.cos, runner.sin)
         self.shape = _Shape(
             runner.hidden, runner.q_heads, runner.kv_heads, runner.head_dim, layers[0].down.panels.in_features,
             runner.eps, runner.scale, runner.cos.data_ptr(), runner.sin.data_ptr(),
@@ -113,8 +108,8 @@ class DecodeStack:
         projection in panels, heads a multiple of 8 wide."""
         projections = [p for layer in runner.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
         return (
-            runner.dtype == torch.float32 and runner.device.type == "cpu" and native.available()
-            and runner.head_dim % 8 == 0 and all(isinstance(p, PanelLinear) for p in projections)
+            native.serves(runner.cos) and runner.head_dim % 8 == 0
+            and all(isinstance(p, PanelLinear) for p in projections)
         )
 
     def run(self, x: torch.Tensor, positions: torch.Tensor, batch: DecodeBatch) -> torch.Tensor:

@@ -135,9 +135,8 @@ class Int8Linear(Linear):
     quantized = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
-        w = weight.detach().float()
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
-        self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        q, scale = matmul.quantize_int8(weight)
+        self.q = q.to(torch.int8).contiguous()
         self.scale = scale.to(dtype)
         self.bias = bias.detach().float() if bias is not None else None
 
@@ -178,7 +177,7 @@ class Int4Linear(Linear):
 def _quantized_engine_weights(weight: torch.Tensor, bias: torch.Tensor | None):
     """fbgemm's prepacked int8 weights (per output channel, symmetric)."""
     w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
+    scale = matmul.int8_scales(w).double()
     zero = torch.zeros(w.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # quantized tensors are deprecated, but fbgemm's kernels are the fast ones here
         warnings.simplefilter("ignore")

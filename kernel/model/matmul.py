@@ -31,14 +31,26 @@ class PanelWeight:
     in_features: int
 
 
+def int8_scales(weight: torch.Tensor) -> torch.Tensor:
+    """One scale per output of `weight` [N, K] for symmetric int8: its largest magnitude / 127."""
+    return (weight.detach().float().abs().amax(dim=1) / 127).clamp(min=1e-12)
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`weight` [N, K] as integers in [-127, 127] (still fp32) and one scale per output:
+    weight ~ q * scale (symmetric, per output channel)."""
+    w = weight.detach().float()
+    scale = int8_scales(w)
+    return torch.round(w / scale[:, None]).clamp(-127, 127), scale
+
+
 def pack(weight: torch.Tensor, dtype: torch.dtype) -> PanelWeight:
     """`weight` [N, K] as panels of `dtype` (fp32, fp16, or int8 symmetric per output)."""
     w = weight.detach().float()
     n, k = w.shape
     scale = None
     if dtype == torch.int8:
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
-        w = torch.round(w / scale[:, None]).clamp(-127, 127)
+        w, scale = quantize_int8(w)
     pairs = dtype == torch.int8
     padded = torch.zeros((n + TILE - 1) // TILE * TILE, k + (k % 2 if pairs else 0))
     padded[:n, :k] = w

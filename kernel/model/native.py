@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import torch  # noqa: F401  (loads libgomp before the library needs it)
+import torch  # (also loads libgomp before the library needs it)
 
 from llmos.config import cache_dir
 
@@ -75,6 +75,11 @@ def library() -> ctypes.CDLL | None:
 
 def available() -> bool:
     return library() is not None
+
+
+def serves(tensor: torch.Tensor) -> bool:
+    """Whether our kernels take this tensor's computation: fp32 on the CPU, and built here."""
+    return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and available()
 
 
 def _cpu_has(*flags: str) -> bool:
