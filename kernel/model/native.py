@@ -83,20 +83,26 @@ def serves(tensor: torch.Tensor) -> bool:
 
 
 def _cpu_has(*flags: str) -> bool:
+    return set(flags) <= _cpu_flags()
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return all(flag in have for flag in flags)
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
 
 
 def _compiled(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    digest = hashlib.sha256(" ".join(FLAGS).encode() + version.encode())
+    # -march=native builds for this CPU: a cache folder shared by machines with other CPUs (a
+    # home directory on NFS, a copied image) must not hand one machine another's library.
+    digest = hashlib.sha256(" ".join(FLAGS).encode() + version.encode() + " ".join(sorted(_cpu_flags())).encode())
     for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
     folder = cache_dir() / "native"
