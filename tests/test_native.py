@@ -140,3 +140,21 @@ def test_a_decode_step_in_one_call_equals_the_per_op_path(tiny_backend, real_bac
         for item in plan.items:
             item.kv.token_ids.extend(item.tokens)
         tokens = one_call.argmax(-1).tolist()
+
+
+@pytest.mark.skipif(not native._cpu_has("avx512f", "avx512bw", "avx512_vnni"), reason="needs AVX-512 (BW, VNNI)")
+def test_the_avx512_and_avx2_builds_give_the_same_bits(monkeypatch):
+    """matmul.c's 16-wide AVX-512 tiles keep each output's sum the sequence the 8-wide AVX2 ones
+    use: a machine's answers do not depend on which of the two it has."""
+    torch.manual_seed(3)
+    w, x = torch.randn(577, 1000), torch.randn(13, 1000)
+    results = []
+    for extra in ([], ["-mno-avx512f"]):
+        monkeypatch.setattr(native, "FLAGS", native.FLAGS + extra)
+        native.library.cache_clear()
+        results.append([matmul.matmul(x, matmul.pack(w, d)) for d in (torch.float32, torch.float16, torch.int8)])
+        assert matmul.panel_width() == (16 if not extra else 8)
+    monkeypatch.undo()
+    native.library.cache_clear()
+    for wide, narrow in zip(*results):
+        assert torch.equal(wide, narrow)

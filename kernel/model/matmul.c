@@ -1,12 +1,13 @@
 /* y = x W^T (* scale) + bias + residual for the lean forward's projections, on x86 with AVX2,
- * FMA and F16C (compiled on the machine that runs it: see native.py).
+ * FMA and F16C, or AVX-512 (compiled on the machine that runs it: see native.py).
  *
  * Why our own: at the few rows of a decode step a projection's cost is reading its weight, and
  * oneDNN's and fbgemm's kernels read it at 13-21 GB/s on the 2-core machine this was written
  * on, where a stream of the weights alone runs at ~26-30. The weight is stored once, at load,
- * in panels of 8 outputs, [N/8][K][8], so a tile of 2 panels (16 outputs) reads 64 contiguous
- * bytes of fp32 weights per input channel and multiplies them by up to 6 rows of x, broadcast
- * one value at a time: 12 accumulators, 2 weight registers, 1 broadcast (AVX2 has 16).
+ * in panels of PW outputs (a register's fp32 lanes: 8 with AVX2, 16 with AVX-512), [N/PW][K][PW],
+ * so a tile of 2 panels reads two registers of weights per input channel and multiplies them
+ * by up to MT rows of x, broadcast one value at a time (AVX2: 6 rows, 12 accumulators, 2 weight
+ * registers, 1 broadcast of its 16 registers).
  * The input dimension is walked in blocks of KB so a tile's weights stay in L1 while every
  * row of x passes over them; the accumulators go back to memory between blocks, which keeps
  * each output's sum one sequential chain of fused multiply-adds over k = 0..K-1 whatever the
@@ -24,147 +25,136 @@
 #include "kernels.h"
 
 enum { W_F32 = 0, W_F16 = 1, W_I8 = 2 };
-#define NP 2    /* panels per tile */
-#define NP_FEW 4 /* panels per tile at 1 or 2 rows: more independent sums in flight (see below) */
-#define MT 6    /* rows per tile */
-#define MT_I8 4 /* rows per int8 tile */
 #define KB 256  /* input channels per block */
-#define PREFETCH 1024 /* bytes ahead on each panel's stream (int8) */
 #define MC 192  /* rows per pass: a multiple of MT; bounds the accumulators kept on the stack */
+#define NP 2    /* panels per tile */
 
-#define LOAD_F32(w, off) _mm256_load_ps((const float *)(w) + (off))
-#define LOAD_F16(w, off) _mm256_cvtph_ps(_mm_load_si128((const __m128i *)((const uint16_t *)(w) + (off))))
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+/* AVX-512: a register holds 16 outputs, so panels are 16 wide ([N/16][K][16]) and every tile
+ * below reads a whole register of each panel per input channel; each output's sum is the same
+ * sequence as with AVX2's 8-wide panels, so both builds give the same bits. 32 registers: 8-row
+ * tiles (16 sums). int8 multiplies pairs with vpdpwssd (multiply, add pairs, accumulate: one
+ * instruction where AVX2 needs three). Measured on a 2-core Zen 5 VM, all of the model's
+ * projections at one row: int8 8.1 -> 3.6 ms against the AVX2 tiles. */
+#define PW 16     /* outputs per panel */
+#define NP_FEW 4 /* (at one row int8 measured 3.7 ms with 4 panels, 4.1 with 2) */
+#define MT 8      /* rows per tile */
+#define MT_I8 8
+typedef __m512 vfloat;
+typedef __m512i vint;
+#define VF_ZERO() _mm512_setzero_ps()
+#define VF_LOADA(p) _mm512_load_ps(p)
+#define VF_STOREA(p, v) _mm512_store_ps(p, v)
+#define VF_ADD(a, b) _mm512_add_ps(a, b)
+#define VF_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VF_BROADCAST(p) _mm512_set1_ps(*(p))
+#define LOAD_F32(w, off) _mm512_loadu_ps((const float *)(w) + (off))
+#define LOAD_F16(w, off) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(w) + (off))))
+#define LOAD_I8(w, off) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)((const int8_t *)(w) + (off))))
+#define VI_ZERO() _mm512_setzero_si512()
+#define VI_BROADCAST_PAIR(p) _mm512_set1_epi32(*(const int32_t *)(p))
+#define VI_DOT_PAIRS(acc, w, x) _mm512_dpwssd_epi32(acc, w, x)
+#define VI_TO_FLOAT(v) _mm512_cvtepi32_ps(v)
+#else
+#define PW 8
+/* At one row a 2-panel tile has only two chains of dependent multiply-adds, which the FMA
+ * latency (4 cycles) caps below what memory delivers for 1-byte weights (measured: int8 at half
+ * fp32's bytes per second): 1- and 2-row steps use 4-panel tiles. */
+#define NP_FEW 4
+#define MT 6    /* rows per tile: 12 sums, 2 weight registers, 1 broadcast (AVX2 has 16) */
+#define MT_I8 4 /* int8 tiles need a register more per sum: 4 rows fit */
+typedef __m256 vfloat;
+typedef __m256i vint;
+#define VF_ZERO() _mm256_setzero_ps()
+#define VF_LOADA(p) _mm256_load_ps(p)
+#define VF_STOREA(p, v) _mm256_store_ps(p, v)
+#define VF_ADD(a, b) _mm256_add_ps(a, b)
+#define VF_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VF_BROADCAST(p) _mm256_broadcast_ss(p)
+#define LOAD_F32(w, off) _mm256_loadu_ps((const float *)(w) + (off))
+#define LOAD_F16(w, off) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(w) + (off))))
+#define LOAD_I8(w, off) _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((const int8_t *)(w) + (off))))
+#define VI_ZERO() _mm256_setzero_si256()
+#define VI_BROADCAST_PAIR(p) _mm256_set1_epi32(*(const int32_t *)(p))
+#define VI_DOT_PAIRS(acc, w, x) _mm256_add_epi32(acc, _mm256_madd_epi16(w, x))
+#define VI_TO_FLOAT(v) _mm256_cvtepi32_ps(v)
+#endif
 
-/* One tile: NP panels (pstride elements apart) times m rows of x, over k in [k0, k1);
- * acc holds the m x NP*8 partial sums between blocks. At one row a 2-panel tile has only two
- * chains of dependent multiply-adds, which the FMA latency (4 cycles) caps below what memory
- * delivers for 1-byte weights (measured: int8 at half fp32's bytes per second): 1- and 2-row
- * steps use 4-panel tiles. Which outputs share a tile never changes an output's sum. */
-#define TILE(NAME, LOAD, NP, m)                                                                    \
-  static inline __attribute__((always_inline)) void NAME##_##NP##_##m(                             \
+#define PREFETCH_PAIRS 64 /* int8: how far ahead on each panel's stream the next lines are asked
+                            for, in pairs of inputs (measured at one row: 32 and 128 slower; the
+                            fp32 tiles ran slower with any, and fp16 within noise) */
+
+/* One tile: np panels (pstride elements apart) times m rows of x, over k in [k0, k1);
+ * acc holds the m x np*PW partial sums between blocks. Which outputs share a tile never
+ * changes an output's sum. */
+#define TILE(NAME, LOAD, np, m)                                                                    \
+  static inline __attribute__((always_inline)) void NAME##_##np##_##m(                             \
       const void *w, long pstride, int k0, int k1, const float *x, long ldx, float *acc, int first) { \
-    __m256 a[m][NP];                                                                               \
+    vfloat a[m][np];                                                                               \
     _Pragma("GCC unroll 8") for (int i = 0; i < m; i++)                                            \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++)                                         \
-        a[i][j] = first ? _mm256_setzero_ps() : _mm256_load_ps(acc + (i * NP + j) * 8);           \
+      _Pragma("GCC unroll 4") for (int j = 0; j < np; j++)                                         \
+        a[i][j] = first ? VF_ZERO() : VF_LOADA(acc + (i * np + j) * PW);                           \
     for (int k = k0; k < k1; k++) {                                                                \
-      __m256 p[NP];                                                                                \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) p[j] = LOAD(w, j * pstride + (long)k * 8); \
+      vfloat p[np];                                                                                \
+      _Pragma("GCC unroll 4") for (int j = 0; j < np; j++) p[j] = LOAD(w, j * pstride + (long)k * PW); \
       _Pragma("GCC unroll 8") for (int i = 0; i < m; i++) {                                        \
-        __m256 b = _mm256_broadcast_ss(x + i * ldx + k);                                           \
-        _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) a[i][j] = _mm256_fmadd_ps(p[j], b, a[i][j]); \
+        vfloat b = VF_BROADCAST(x + i * ldx + k);                                                  \
+        _Pragma("GCC unroll 4") for (int j = 0; j < np; j++) a[i][j] = VF_FMA(p[j], b, a[i][j]);   \
       }                                                                                            \
     }                                                                                              \
     _Pragma("GCC unroll 8") for (int i = 0; i < m; i++)                                            \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) _mm256_store_ps(acc + (i * NP + j) * 8, a[i][j]); \
+      _Pragma("GCC unroll 4") for (int j = 0; j < np; j++) VF_STOREA(acc + (i * np + j) * PW, a[i][j]); \
   }
-
-#define TILES(NAME, LOAD)                                                                 \
-  TILE(NAME, LOAD, 2, 1) TILE(NAME, LOAD, 2, 2) TILE(NAME, LOAD, 2, 3) TILE(NAME, LOAD, 2, 4) \
-  TILE(NAME, LOAD, 2, 5) TILE(NAME, LOAD, 2, 6) TILE(NAME, LOAD, 4, 1) TILE(NAME, LOAD, 4, 2)
-
-TILES(tile_f32, LOAD_F32)
-TILES(tile_f16, LOAD_F16)
 
 /* int8 weights times int16 activations, in integers. Widening int8 to fp32 costs two
  * instructions per 8 weights besides the multiply-add, and at one row that, not memory, was the
  * limit (measured: 14 GB/s against fp16's 26). Instead each row of x is quantized to int16 with
  * its own scale (max |x| -> 32767: a 2^-15 step, below fp16's rounding of the weights, and a
- * row's numbers still depend on that row alone), and vpmaddwd multiplies 16 weights by 16
- * activations and adds pairs in one instruction. The weights are stored with input channels
- * in pairs, [N/8][K/2][8][2], so a pair's two products belong to one output. int32 sums cannot
- * overflow within a KB block (128 pairs x 2 x 127 x 32767 < 2^31); each block's sum is added to
- * the fp32 accumulator, so an output's sum is still one fixed sequence whatever the rows. */
-#define TILE_I8(NP, m)                                                                             \
-  static inline __attribute__((always_inline)) void tile_i8_##NP##_##m(                            \
+ * row's numbers still depend on that row alone), and vpmaddwd (vpdpwssd) multiplies a
+ * register of weights by as many activations and adds pairs. The weights are stored with
+ * input channels in pairs, [N/PW][K/2][PW][2], so a pair's two products belong to one output.
+ * int32 sums cannot overflow within a KB block (128 pairs x 2 x 127 x 32767 < 2^31) and are
+ * exact in any order; each block's sum is added to the fp32 accumulator, so an output's sum is
+ * still one fixed sequence whatever the rows. */
+#define TILE_I8(np, m)                                                                             \
+  static inline __attribute__((always_inline)) void tile_i8_##np##_##m(                            \
       const void *w, long pstride, int k0, int k1, const int16_t *x, long ldx, float *acc, int first) { \
-    __m256i a[m][NP];                                                                              \
+    vint a[m][np];                                                                                 \
     _Pragma("GCC unroll 8") for (int i = 0; i < m; i++)                                            \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) a[i][j] = _mm256_setzero_si256();       \
+      _Pragma("GCC unroll 4") for (int j = 0; j < np; j++) a[i][j] = VI_ZERO();                    \
     for (int k = k0; k < k1; k += 2) {                                                             \
-      __m256i p[NP];                                                                               \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++)                                         \
-        p[j] = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)((const int8_t *)(w) + j * pstride + (long)k * 8))); \
-      if ((k & 7) == 0)                                                                            \
-        _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++)                                       \
-          _mm_prefetch((const char *)(w) + j * pstride + (long)k * 8 + PREFETCH, _MM_HINT_T0);     \
+      vint p[np];                                                                                  \
+      _Pragma("GCC unroll 4") for (int j = 0; j < np; j++) p[j] = LOAD_I8(w, j * pstride + (long)k * PW); \
+      if ((k & (64 / PW - 1)) == 0) /* a cache line of each panel per 64 / PW inputs */           \
+        _Pragma("GCC unroll 4") for (int j = 0; j < np; j++)                                       \
+          _mm_prefetch((const char *)(w) + j * pstride + (long)(k + 2 * PREFETCH_PAIRS) * PW, _MM_HINT_T0); \
       _Pragma("GCC unroll 8") for (int i = 0; i < m; i++) {                                        \
-        __m256i b = _mm256_set1_epi32(*(const int32_t *)(x + i * ldx + k));                        \
-        _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++)                                       \
-          a[i][j] = _mm256_add_epi32(a[i][j], _mm256_madd_epi16(p[j], b));                         \
+        vint b = VI_BROADCAST_PAIR(x + i * ldx + k);                                               \
+        _Pragma("GCC unroll 4") for (int j = 0; j < np; j++) a[i][j] = VI_DOT_PAIRS(a[i][j], p[j], b); \
       }                                                                                            \
     }                                                                                              \
     _Pragma("GCC unroll 8") for (int i = 0; i < m; i++)                                            \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) {                                       \
-        float *dst = acc + (i * NP + j) * 8;                                                       \
-        __m256 f = _mm256_cvtepi32_ps(a[i][j]);                                                    \
-        _mm256_store_ps(dst, first ? f : _mm256_add_ps(_mm256_load_ps(dst), f));                   \
+      _Pragma("GCC unroll 4") for (int j = 0; j < np; j++) {                                       \
+        float *dst = acc + (i * np + j) * PW;                                                      \
+        vfloat f = VI_TO_FLOAT(a[i][j]);                                                           \
+        VF_STOREA(dst, first ? f : VF_ADD(VF_LOADA(dst), f));                                      \
       }                                                                                            \
   }
 
-#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-/* With AVX-512 (BW for the widening, VNNI for vpdpwssd: multiply pairs and add to the sum in one
- * instruction) a register holds two pairs of input channels of a panel, 32 weights: per 32
- * weights and row one widening and one vpdpwssd, against AVX2's widening, vpmaddwd and add per
- * 16. The panel layout stays; the two pairs' lanes are added when the block ends. Integer sums
- * are exact, so an output's value is the same bit for bit as the AVX2 tile's; 32 registers fit
- * 6-row tiles. */
-#undef MT_I8
-#define MT_I8 6
-#define TILE_I8_512(NP, m)                                                                         \
-  static inline __attribute__((always_inline)) void tile_i8_##NP##_##m(                            \
-      const void *w, long pstride, int k0, int k1, const int16_t *x, long ldx, float *acc, int first) { \
-    const int8_t *wb = (const int8_t *)(w);                                                        \
-    const __m512i pair01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);       \
-    const __m512i pair23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);       \
-    __m512i a[m][NP];                                                                              \
-    _Pragma("GCC unroll 8") for (int i = 0; i < m; i++)                                            \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) a[i][j] = _mm512_setzero_si512();       \
-    int k = k0;                                                                                    \
-    for (; k + 8 <= k1; k += 8) { /* 4 pairs: one load of each row's x, two registers of weights */ \
-      __m512i p[NP], q[NP];                                                                        \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) {                                       \
-        p[j] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(wb + j * pstride + (long)k * 8))); \
-        q[j] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(wb + j * pstride + (long)k * 8 + 32))); \
-        _mm_prefetch((const char *)(wb + j * pstride + (long)k * 8 + PREFETCH), _MM_HINT_T0);      \
-      }                                                                                            \
-      _Pragma("GCC unroll 8") for (int i = 0; i < m; i++) {                                        \
-        __m512i xv = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(x + i * ldx + k)));  \
-        __m512i b = _mm512_permutexvar_epi32(pair01, xv), c = _mm512_permutexvar_epi32(pair23, xv); \
-        _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) {                                     \
-          a[i][j] = _mm512_dpwssd_epi32(a[i][j], p[j], b);                                         \
-          a[i][j] = _mm512_dpwssd_epi32(a[i][j], q[j], c);                                         \
-        }                                                                                          \
-      }                                                                                            \
-    }                                                                                              \
-    for (; k < k1; k += 2) { /* a block's last pairs (K not a multiple of 8), one at a time */      \
-      __m512i p[NP];                                                                               \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) p[j] = _mm512_cvtepi8_epi16(           \
-          _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(wb + j * pstride + (long)k * 8)))); \
-      _Pragma("GCC unroll 8") for (int i = 0; i < m; i++) {                                        \
-        __m512i b = _mm512_set1_epi32(*(const int32_t *)(x + i * ldx + k));                        \
-        _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) a[i][j] = _mm512_dpwssd_epi32(a[i][j], p[j], b); \
-      }                                                                                            \
-    }                                                                                              \
-    _Pragma("GCC unroll 8") for (int i = 0; i < m; i++)                                            \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NP; j++) {                                       \
-        float *dst = acc + (i * NP + j) * 8;                                                       \
-        __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(a[i][j]), _mm512_extracti64x4_epi64(a[i][j], 1)); \
-        __m256 f = _mm256_cvtepi32_ps(s);                                                          \
-        _mm256_store_ps(dst, first ? f : _mm256_add_ps(_mm256_load_ps(dst), f));                   \
-      }                                                                                            \
-  }
-TILE_I8_512(2, 1) TILE_I8_512(2, 2) TILE_I8_512(2, 3) TILE_I8_512(2, 4) TILE_I8_512(2, 5) TILE_I8_512(2, 6)
-TILE_I8_512(4, 1) TILE_I8_512(4, 2)
-#else
-TILE_I8(2, 1) TILE_I8(2, 2) TILE_I8(2, 3) TILE_I8(2, 4) TILE_I8(4, 1) TILE_I8(4, 2)
-#define tile_i8_2_5 tile_i8_2_4 /* never called: AVX2's int8 tiles have at most MT_I8 rows */
-#define tile_i8_2_6 tile_i8_2_4
-#endif
+#define TILES(NAME, LOAD)                                                                     \
+  TILE(NAME, LOAD, 2, 1) TILE(NAME, LOAD, 2, 2) TILE(NAME, LOAD, 2, 3) TILE(NAME, LOAD, 2, 4) \
+  TILE(NAME, LOAD, 2, 5) TILE(NAME, LOAD, 2, 6) TILE(NAME, LOAD, 2, 7) TILE(NAME, LOAD, 2, 8) \
+  TILE(NAME, LOAD, 4, 1) TILE(NAME, LOAD, 4, 2)
+TILES(tile_f32, LOAD_F32)
+TILES(tile_f16, LOAD_F16)
+TILE_I8(2, 1) TILE_I8(2, 2) TILE_I8(2, 3) TILE_I8(2, 4) TILE_I8(2, 5) TILE_I8(2, 6) TILE_I8(2, 7) TILE_I8(2, 8)
+TILE_I8(4, 1) TILE_I8(4, 2)
+/* (tiles with more rows than MT, or 4 panels where NP_FEW is 2, are compiled but never called:
+ * the unused static functions cost nothing.) */
 
 #define DISPATCH(NAME, LD)                                                      \
   do {                                                                          \
-    if (np == NP_FEW) {                                                         \
+    if (np == 4) {                                                              \
       if (m == 1) NAME##_4_1(w, pstride, k0, k1, xm, LD, am, first);            \
       else NAME##_4_2(w, pstride, k0, k1, xm, LD, am, first);                   \
     } else switch (m) {                                                         \
@@ -173,9 +163,14 @@ TILE_I8(2, 1) TILE_I8(2, 2) TILE_I8(2, 3) TILE_I8(2, 4) TILE_I8(4, 1) TILE_I8(4,
       case 3: NAME##_2_3(w, pstride, k0, k1, xm, LD, am, first); break;         \
       case 4: NAME##_2_4(w, pstride, k0, k1, xm, LD, am, first); break;         \
       case 5: NAME##_2_5(w, pstride, k0, k1, xm, LD, am, first); break;         \
-      default: NAME##_2_6(w, pstride, k0, k1, xm, LD, am, first); break;        \
+      case 6: NAME##_2_6(w, pstride, k0, k1, xm, LD, am, first); break;         \
+      case 7: NAME##_2_7(w, pstride, k0, k1, xm, LD, am, first); break;         \
+      default: NAME##_2_8(w, pstride, k0, k1, xm, LD, am, first); break;        \
     }                                                                           \
   } while (0)
+
+/* Outputs per panel, for matmul.py's packing. */
+int llmos_panel_width(void) { return PW; }
 
 static int element_size(int wtype) { return wtype == W_F32 ? 4 : wtype == W_F16 ? 2 : 1; }
 
@@ -224,16 +219,16 @@ int llmos_matmul(int wtype, const void *W, const float *scale, int N, int K, con
     quantize_rows(x, ldx, M, K, xq, ldq, row_scales);
     K = (int)ldq;
   }
-  int np = M <= 2 ? NP_FEW : NP, width = np * 8;
-  int mt = wtype == W_I8 ? MT_I8 : MT; /* AVX2's int8 tiles need a register more per sum: 4 rows fit */
+  int np = M <= 2 ? NP_FEW : NP, width = np * PW;
+  int mt = wtype == W_I8 ? MT_I8 : MT;
   int tiles = (N + width - 1) / width;
-  long pstride = (long)K * 8;
+  long pstride = (long)K * PW;
   int esize = element_size(wtype);
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < tiles; t++) {
     const char *w = (const char *)W + (long)np * t * pstride * esize;
     int n0 = t * width, count = N - n0 < width ? N - n0 : width;
-    float acc[MC * NP * 8] __attribute__((aligned(32)));
+    float acc[MC * NP * PW] __attribute__((aligned(64)));
     for (int r0 = 0; r0 < M; r0 += MC) {
       int rows = M - r0 < MC ? M - r0 : MC;
       for (int k0 = 0; k0 < K; k0 += KB) {

@@ -10,8 +10,7 @@ import torch
 
 from llmos.kernel.model import native
 
-PANEL = 8  # outputs per panel
-TILE = 32  # outputs per widest tile: weights are padded to a multiple of this
+TILE_PANELS = 4  # panels in matmul.c's widest tile: weights are padded to a multiple of that
 W_CODES = {torch.float32: 0, torch.float16: 1, torch.int8: 2}
 
 
@@ -19,11 +18,19 @@ def available() -> bool:
     return native.available()
 
 
+def panel_width() -> int:
+    """Outputs per panel: a vector register's fp32 lanes where the kernels were built (8 with
+    AVX2, 16 with AVX-512)."""
+    lib = native.library()
+    assert lib is not None, "our kernels are not available here (native.py)"
+    return lib.llmos_panel_width()
+
+
 @dataclass
 class PanelWeight:
-    """A weight [N, K] stored as panels [ceil32(N)/8, K, 8] in fp32 or fp16, or int8 with input
-    channels in pairs, [ceil32(N)/8, ceil2(K)/2, 8, 2], and one fp32 scale per output
-    (W ~ q * scale): matmul.c multiplies int8 pairs by int16 pairs."""
+    """A weight [N, K] stored as panels [ceil32(N)/P, K, P] in fp32 or fp16, or int8 with input
+    channels in pairs, [ceil32(N)/P, ceil2(K)/2, P, 2], and one fp32 scale per output
+    (W ~ q * scale): matmul.c multiplies int8 pairs by int16 pairs. P: `panel_width()`."""
 
     panels: torch.Tensor
     scale: torch.Tensor | None
@@ -51,19 +58,21 @@ def pack(weight: torch.Tensor, dtype: torch.dtype) -> PanelWeight:
     scale = None
     if dtype == torch.int8:
         w, scale = quantize_int8(w)
-    pairs = dtype == torch.int8
-    padded = torch.zeros((n + TILE - 1) // TILE * TILE, k + (k % 2 if pairs else 0))
+    pairs, width = dtype == torch.int8, panel_width()
+    tile = TILE_PANELS * width
+    padded = torch.zeros((n + tile - 1) // tile * tile, k + (k % 2 if pairs else 0))
     padded[:n, :k] = w
     if pairs:  # [panel, output, pair, 2] -> [panel, pair, output, 2]
-        panels = padded.view(-1, PANEL, padded.shape[1] // 2, 2).transpose(1, 2).to(dtype).contiguous()
+        panels = padded.view(-1, width, padded.shape[1] // 2, 2).transpose(1, 2).to(dtype).contiguous()
     else:
-        panels = padded.view(-1, PANEL, k).transpose(1, 2).to(dtype).contiguous()
+        panels = padded.view(-1, width, k).transpose(1, 2).to(dtype).contiguous()
     return PanelWeight(panels, scale.contiguous() if scale is not None else None, n, k)
 
 
 def rows(weight: PanelWeight, ids: torch.Tensor) -> torch.Tensor:
     """Rows `ids` of the fp32 weight the panels hold (dequantized): a tied embedding's vectors."""
-    panel, within = ids // PANEL, ids % PANEL
+    width = weight.panels.shape[2]
+    panel, within = ids // width, ids % width
     w = weight.panels[panel, :, within].float()  # [len(ids), K] or [len(ids), K'/2, 2]
     w = w.reshape(len(ids), -1)[:, : weight.in_features]
     return w * weight.scale[ids, None] if weight.scale is not None else w

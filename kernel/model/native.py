@@ -47,9 +47,10 @@ SIGNATURES = {
     "llmos_silu_mul": [C_PTR, C_LONG, C_INT, C_INT, C_PTR],
     # shape, layers, count, x, rows, positions, slab, layer stride, value offset, seat/head/position
     # strides, seats, lengths
+    "llmos_panel_width": [],
     "llmos_decode_layers": [C_PTR, C_PTR, C_INT, C_PTR, C_INT, C_PTR, C_PTR, C_LONG, C_LONG, C_LONG, C_LONG, C_LONG, C_PTR, C_PTR],
 }
-RESTYPES = {"llmos_decode_layers": ctypes.c_int, "llmos_matmul": ctypes.c_int}
+RESTYPES = {"llmos_decode_layers": C_INT, "llmos_matmul": C_INT, "llmos_panel_width": C_INT}
 
 
 @functools.cache
