@@ -224,7 +224,11 @@ int llmos_matmul(int wtype, const void *W, const float *scale, int N, int K, con
   int tiles = (N + width - 1) / width;
   long pstride = (long)K * PW;
   int esize = element_size(wtype);
-#pragma omp parallel for schedule(static)
+  /* guided: each thread takes big runs of tiles first, then smaller ones, so a thread the OS
+   * preempts (the daemon's HTTP thread and its clients share these cores) leaves its tail to
+   * the other instead of holding the step at the barrier. Measured in the daemon, one row of
+   * int8: the forward 5.3-5.4 -> 4.6-5.1 ms; alone the same as static. */
+#pragma omp parallel for schedule(guided)
   for (int t = 0; t < tiles; t++) {
     const char *w = (const char *)W + (long)np * t * pstride * esize;
     int n0 = t * width, count = N - n0 < width ? N - n0 : width;
