@@ -158,3 +158,24 @@ def test_the_avx512_and_avx2_builds_give_the_same_bits(monkeypatch):
     native.library.cache_clear()
     for wide, narrow in zip(*results):
         assert torch.equal(wide, narrow)
+
+
+def test_the_greedy_head_screen_keeps_the_fp32_argmax_and_its_values():
+    """matmul.HeadScreen: outputs screened with an fp16 copy, the ones that could be largest
+    summed again in fp32. Near ties (outputs apart by less than fp16's rounding) and exact ties
+    (duplicate rows: the first wins) must come out as the full fp32 head's."""
+    torch.manual_seed(4)
+    w = torch.randn(3000, 576) * 0.08
+    w[11] = w[10] + 1e-6 * torch.randn(576)  # apart by far less than fp16 resolves
+    w[20] = w[10]  # an exact tie, after 10
+    exact = matmul.pack(w, torch.float32)
+    screen = matmul.HeadScreen.of(exact)
+    x = torch.randn(40, 576) * 2
+    x[:20] += 20 * w[10] / w[10].norm()  # these rows' largest is among 10, 11, 20
+    full = matmul.matmul(x, exact)
+    screened = screen.argmax_logits(x)
+    assert torch.equal(screened.argmax(dim=1), full.argmax(dim=1))
+    kept = screened > float("-inf")
+    assert torch.equal(screened[kept], full[kept])  # bit for bit where kept
+    assert kept.sum(dim=1).float().mean() < 10  # and few are kept
+    assert kept[:20, 10].all() and kept[:20, 11].all() and kept[:20, 20].all()

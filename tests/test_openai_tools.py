@@ -190,3 +190,17 @@ def test_a_cut_reply_keeps_what_it_has():
     assert finish == "length" and message["content"] == "The result is 4"
     plain = translate([msg("user", "hi")]).decoder()
     assert plain.feed("hello") == [{"content": "hello"}] and plain.message("stop") == ({"role": "assistant", "content": "hello"}, "stop")
+
+
+def test_a_streamed_text_chunk_is_what_the_models_render():
+    """openai_api.Chunks.text splices the text into a chunk rendered once; it must give the
+    bytes the models give, and a chunk the official client reads back."""
+    from llmos.servers.openai_api import Chunks
+    from llmos.servers.openai_models import Delta
+
+    chunks = Chunks("chatcmpl-7-abc", 1700000000, "SmolLM2-135M-Instruct")
+    for text in ("hi", "", ' "quoted" \\ back\nslash', "wörld 日本 🙂", "\u2028\x00", "\ufffd"):
+        event = chunks.text(text)
+        assert event == chunks.chunk(Delta(content=text))
+        parsed = ChatCompletionChunk.model_validate(json.loads(event.removeprefix(b"data: ")))
+        assert parsed.choices[0].delta.content == text

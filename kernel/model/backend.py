@@ -40,6 +40,7 @@ class StepPlan:
     batch: attention.DecodeBatch | None
     keep: list[int]  # rows whose logits are returned, in item order
     items: list[WorkItem]
+    argmax_only: bool = False  # every kept row is decoded greedily: only its argmax must be exact
 
 
 class Backend:
@@ -178,7 +179,7 @@ class Backend:
         ids = torch.tensor(plan.ids, device=self.device)
         positions, keep = torch.tensor(plan.positions, device=self.device), plan.keep
         if self.runner is not None:
-            logits = self.runner.forward(ids, positions, plan.segments, keep, plan.batch)
+            logits = self.runner.forward(ids, positions, plan.segments, keep, plan.batch, plan.argmax_only)
         else:
             with attention.StepContext(plan.segments, plan.batch):
                 out = self.model(

@@ -346,8 +346,10 @@ class BatchEngine(Engine):
             self._end(seq)
 
     def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
-        logits = self.backend.run(layout)
         sampled = [s.seq for s in plan if s.want_logits]
+        # Greedy, unconstrained rows read only their logits' argmax (a mask could rule it out).
+        layout.argmax_only = all(seq.params.temperature <= 0.0 and seq.constraint is None for seq in sampled)
+        logits = self.backend.run(layout)
         constrained = [
             (row, seq.constraint, seq.params.max_tokens - seq.completion_tokens)
             for row, seq in enumerate(sampled)

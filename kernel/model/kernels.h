@@ -12,3 +12,5 @@ void llmos_rms_norm(const float *x, long ldx, const float *weight, int rows, int
 void llmos_rotary(float *x, long ldx, int rows, int heads, int dim, const float *cos, const float *sin,
                   const int64_t *positions);
 void llmos_silu_mul(const float *x, long ldx, int rows, int width, float *out);
+int llmos_head_argmax(const void *screen, const float *exact, const float *err, int N, int K, const float *x, long ldx,
+                      int M, float *y);

@@ -266,3 +266,40 @@ int llmos_matmul(int wtype, const void *W, const float *scale, int N, int K, con
   free(xq), free(row_scales);
   return 0;
 }
+
+/* Logits of rows that only need their argmax (greedy decoding), read from a half-size copy of
+ * the fp32 head. y[M][N] gets, per row, the exact fp32 value of every output that could be the
+ * largest and -inf elsewhere, so its argmax (the first, on ties) is the fp32 head's.
+ *
+ * screen: the head in fp16 panels; exact: the same head in fp32 panels; err[j] bounds, per unit
+ * of |x|_1, how far output j's fp16 sum can be from its fp32 sum: the rounding of its weights
+ * (max_k |w - w16|) plus both sums' rounding, which matmul.py works out at load. Output j can
+ * be the largest only if y16_j + err_j |x|_1 >= max_i (y16_i - err_i |x|_1); those outputs are
+ * summed again from the fp32 panels by the fp32 tiles' own sequence (fused multiply-adds over
+ * k = 0..K-1), so their values are bit for bit the full head's. The screen reads half the bytes
+ * (the head is a fifth of a 135M model's weights). Returns 0, or -1 when out of memory. */
+int llmos_head_argmax(const void *screen, const float *exact, const float *err, int N, int K, const float *x, long ldx,
+                      int M, float *y) {
+  if (llmos_matmul(W_F16, screen, NULL, N, K, x, ldx, M, y, NULL, NULL)) return -1;
+#pragma omp parallel for schedule(dynamic, 1) if (M > 1)
+  for (int i = 0; i < M; i++) {
+    const float *xi = x + (long)i * ldx;
+    float *yi = y + (long)i * N;
+    double norm = 0.0;
+    for (int k = 0; k < K; k++) norm += fabs((double)xi[k]);
+    float reach = (float)(norm * 1.0001), floor_ = -INFINITY;
+#pragma omp simd reduction(max : floor_)
+    for (int j = 0; j < N; j++) floor_ = fmaxf(floor_, yi[j] - err[j] * reach);
+    for (int j = 0; j < N; j++) {
+      if (!(yi[j] + err[j] * reach >= floor_)) {
+        yi[j] = -INFINITY;
+        continue;
+      }
+      const float *w = exact + (long)(j / PW) * K * PW + j % PW;
+      float sum = 0.0f;
+      for (int k = 0; k < K; k++) sum = fmaf(w[(long)k * PW], xi[k], sum);
+      yi[j] = sum;
+    }
+  }
+  return 0;
+}

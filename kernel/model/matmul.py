@@ -106,3 +106,41 @@ def matmul(
     ):
         raise MemoryError("matmul: out of memory for the quantized rows")
     return y
+
+
+@dataclass
+class HeadScreen:
+    """An fp32 head's path for rows that only need their argmax (greedy decoding): matmul.c's
+    llmos_head_argmax screens every output with an fp16 copy of the weight (half the bytes)
+    and sums again, exactly as the fp32 panels would, every output that could be the largest.
+    err[j] bounds |fp16 sum - fp32 sum| of output j per unit of |x|_1."""
+
+    screen: PanelWeight
+    exact: PanelWeight
+    err: torch.Tensor
+
+    @classmethod
+    def of(cls, exact: PanelWeight) -> "HeadScreen":
+        w = unpack(exact)
+        w16 = w.half()
+        # The weights' own rounding to fp16 (w - w16 is exact in fp32), and a sum of K fused
+        # multiply-adds, one rounding each, is off by at most K u sum|w x| (to first order; the
+        # 1.01 covers the rest and the float arithmetic here): twice, for the two sums compared.
+        rounded = (w - w16.float()).abs().amax(dim=1)
+        u, k = 2.0**-24, exact.in_features
+        largest = torch.maximum(w.abs().amax(dim=1), w16.float().abs().amax(dim=1))
+        err = (rounded + 2 * k * u * largest) * 1.01
+        return cls(pack(w, torch.float16), exact, err.contiguous())
+
+    def argmax_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] fp32 -> [M, N]: the fp32 head's logits where they could be a row's largest,
+        -inf elsewhere (so a row's argmax is the fp32 head's, ties to the first)."""
+        lib = native.library()
+        assert lib is not None, "our kernels are not available here (native.py)"
+        x = x.float().contiguous()
+        y = torch.empty(x.shape[0], self.exact.out_features)
+        if x.shape[0] and lib.llmos_head_argmax(
+                self.screen.panels.data_ptr(), self.exact.panels.data_ptr(), self.err.data_ptr(),
+                self.exact.out_features, self.exact.in_features, x.data_ptr(), x.stride(0), x.shape[0], y.data_ptr()):
+            raise MemoryError("head_argmax: out of memory")
+        return y
