@@ -385,3 +385,29 @@ def test_the_slab_gives_memory_back_when_long_contexts_are_gone(tiny_backend):
     alone = _start(tiny_backend, "short again")
     _decode(tiny_backend, [alone], 6)
     assert short[1] == alone[1]
+
+
+def test_ignore_eos_never_samples_an_end_token_greedy_or_not(real_backend):
+    """`ignore_eos` bans end tokens (llama.cpp's server and transformers' min_new_tokens do the
+    same): greedy, through the engine (and its fp32 head screen with the ban), equals
+    transformers' generate with min_new_tokens; sampled, no end token is ever drawn."""
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = real_backend.encode_chat(messages)
+    reference = real_backend.decode(real_backend.hf_generate(ids, 40, ignore_eos=True))
+    plain = real_backend.hf_generate(ids, 40)
+    assert len(plain) < 40  # the question has a short answer: an end token comes early
+
+    async def main():
+        async with kernel_with(real_backend) as kernel:
+            sh = session(kernel)
+            greedy_reply = await sh.llm.chat(messages[0]["content"], max_tokens=40, ignore_eos=True)
+            sampled = [
+                await sh.llm.chat(messages[0]["content"], max_tokens=40, ignore_eos=True, temperature=1.0, seed=s)
+                for s in range(3)
+            ]
+            return greedy_reply, sampled
+
+    greedy_reply, sampled = trio.run(main)
+    assert greedy_reply.usage.completion_tokens == 40 and greedy_reply.content == reference
+    for reply in sampled:
+        assert reply.usage.completion_tokens == 40 and "<|im_end|>" not in reply.content

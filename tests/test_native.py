@@ -179,3 +179,7 @@ def test_the_greedy_head_screen_keeps_the_fp32_argmax_and_its_values():
     assert torch.equal(screened[kept], full[kept])  # bit for bit where kept
     assert kept.sum(dim=1).float().mean() < 10  # and few are kept
     assert kept[:20, 10].all() and kept[:20, 11].all() and kept[:20, 20].all()
+    # Banned outputs (a request's end tokens) are never picked: the pick is the best of the rest.
+    banned = screen.argmax_logits(x, banned=(10, 11))
+    assert torch.equal(banned.argmax(dim=1), full.index_fill(1, torch.tensor([10, 11]), float("-inf")).argmax(dim=1))
+    assert (banned[:, [10, 11]] == float("-inf")).all() and (banned[:20].argmax(dim=1) == 20).all()

@@ -131,7 +131,9 @@ def test_stop_while_waiting_for_the_model_and_cont(tiny_backend):
         a = session(kernel, "a")
         async with trio.open_nursery() as n:
             box = await _call_in_background(n, lambda: a.llm.chat("count", max_tokens=400, ignore_eos=True))
-            await trio.sleep(0.2)
+            # Stop it while it decodes, however fast the model (the tiny one: 400 tokens in ~0.1 s).
+            while (kernel.procs.get(a.pid).generated_tokens or 0) < 5:
+                await trio.sleep(0.001)
             await sh.proc.signal(a.pid, "stop")
             await trio.sleep(0.05)
             p = kernel.procs.get(a.pid)

@@ -41,6 +41,7 @@ class StepPlan:
     keep: list[int]  # rows whose logits are returned, in item order
     items: list[WorkItem]
     argmax_only: bool = False  # every kept row is decoded greedily: only its argmax must be exact
+    banned: tuple[int, ...] = ()  # with argmax_only: outputs no kept row may pick (their end tokens)
 
 
 class Backend:
@@ -179,7 +180,7 @@ class Backend:
         ids = torch.tensor(plan.ids, device=self.device)
         positions, keep = torch.tensor(plan.positions, device=self.device), plan.keep
         if self.runner is not None:
-            logits = self.runner.forward(ids, positions, plan.segments, keep, plan.batch, plan.argmax_only)
+            logits = self.runner.forward(ids, positions, plan.segments, keep, plan.batch, plan.argmax_only, plan.banned)
         else:
             with attention.StepContext(plan.segments, plan.batch):
                 out = self.model(

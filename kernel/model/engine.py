@@ -347,9 +347,19 @@ class BatchEngine(Engine):
 
     def _forward(self, plan: list[Scheduled], layout: StepPlan) -> list[int | None]:
         sampled = [s.seq for s in plan if s.want_logits]
+        # A request that ignores end tokens never samples one (as llama.cpp's server and
+        # transformers' min_new_tokens do), unless a constraint decides: the text goes on
+        # coherently, and a conversation sent back retokenizes to the tokens its cache holds.
+        banning = [seq.params.ignore_eos and seq.constraint is None for seq in sampled]
         # Greedy, unconstrained rows read only their logits' argmax (a mask could rule it out).
-        layout.argmax_only = all(seq.params.temperature <= 0.0 and seq.constraint is None for seq in sampled)
+        layout.argmax_only = all(seq.params.temperature <= 0.0 and seq.constraint is None for seq in sampled) and (
+            all(banning) or not any(banning))
+        layout.banned = tuple(sorted(self.backend.eos_ids)) if layout.argmax_only and any(banning) else ()
         logits = self.backend.run(layout)
+        if any(banning) and not layout.banned:
+            rows = torch.tensor([row for row, ban in enumerate(banning) if ban])
+            with torch.inference_mode():  # (the logits are the forward pass's)
+                logits[rows.unsqueeze(1), torch.tensor(sorted(self.backend.eos_ids)).unsqueeze(0)] = float("-inf")
         constrained = [
             (row, seq.constraint, seq.params.max_tokens - seq.completion_tokens)
             for row, seq in enumerate(sampled)

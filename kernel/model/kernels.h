@@ -13,4 +13,4 @@ void llmos_rotary(float *x, long ldx, int rows, int heads, int dim, const float 
                   const int64_t *positions);
 void llmos_silu_mul(const float *x, long ldx, int rows, int width, float *out);
 int llmos_head_argmax(const void *screen, const float *exact, const float *err, int N, int K, const float *x, long ldx,
-                      int M, float *y);
+                      int M, const int32_t *banned, int nbanned, float *y);

@@ -229,15 +229,17 @@ class LlamaRunner:
         keep: list[int],
         batch: DecodeBatch | None = None,
         argmax_only: bool = False,
+        banned: tuple[int, ...] = (),
     ) -> torch.Tensor:
         """ids, positions: [N]. Returns logits [len(keep), vocab] for the rows in `keep`; with
-        `argmax_only`, exact only where they could be a row's largest (-inf elsewhere)."""
+        `argmax_only`, exact only where they could be a row's largest among the outputs not
+        `banned` (-inf elsewhere; `banned` means nothing without `argmax_only`)."""
         n = ids.shape[0]
         heads, kv_heads, dim = self.q_heads, self.kv_heads, self.head_dim
         x = self.embed(ids)
         if self.stack is not None and batch is not None and not segments and batch.mask is None:
             x = self.stack.run(x, positions, batch)  # every row a seated decoder: one call
-            return self._head(fused.rms_norm(x[keep], self.norm, self.eps), argmax_only)
+            return self._head(fused.rms_norm(x[keep], self.norm, self.eps), argmax_only, banned)
         rotary = fused.Rotary(self.cos, self.sin, positions)
         for index, layer in enumerate(self.layers):
             qkv = layer.qkv(fused.rms_norm(x, layer.input_norm, self.eps))
@@ -247,9 +249,9 @@ class LlamaRunner:
             out = attend(index, q, kv, segments, self.scale, batch).view(n, heads * dim)
             x = layer.o.add(out, x)
             x = layer.down.add(fused.silu_mul(layer.gate_up(fused.rms_norm(x, layer.post_norm, self.eps))), x)
-        return self._head(fused.rms_norm(x[keep], self.norm, self.eps), argmax_only)
+        return self._head(fused.rms_norm(x[keep], self.norm, self.eps), argmax_only, banned)
 
-    def _head(self, h: torch.Tensor, argmax_only: bool) -> torch.Tensor:
+    def _head(self, h: torch.Tensor, argmax_only: bool, banned: tuple[int, ...]) -> torch.Tensor:
         if argmax_only and self.head_screen is not None:
-            return self.head_screen.argmax_logits(h)
+            return self.head_screen.argmax_logits(h, banned)
         return self.lm_head(h)

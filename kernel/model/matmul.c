@@ -277,14 +277,16 @@ int llmos_matmul(int wtype, const void *W, const float *scale, int N, int K, con
  * be the largest only if y16_j + err_j |x|_1 >= max_i (y16_i - err_i |x|_1); those outputs are
  * summed again from the fp32 panels by the fp32 tiles' own sequence (fused multiply-adds over
  * k = 0..K-1), so their values are bit for bit the full head's. The screen reads half the bytes
- * (the head is a fifth of a 135M model's weights). Returns 0, or -1 when out of memory. */
+ * (the head is a fifth of a 135M model's weights). Outputs in `banned` (end tokens of a request
+ * that ignores them) come out -inf. Returns 0, or -1 when out of memory. */
 int llmos_head_argmax(const void *screen, const float *exact, const float *err, int N, int K, const float *x, long ldx,
-                      int M, float *y) {
+                      int M, const int32_t *banned, int nbanned, float *y) {
   if (llmos_matmul(W_F16, screen, NULL, N, K, x, ldx, M, y, NULL, NULL)) return -1;
 #pragma omp parallel for schedule(dynamic, 1) if (M > 1)
   for (int i = 0; i < M; i++) {
     const float *xi = x + (long)i * ldx;
     float *yi = y + (long)i * N;
+    for (int b = 0; b < nbanned; b++) yi[banned[b]] = -INFINITY; /* never picked: not candidates either */
     double norm = 0.0;
     for (int k = 0; k < K; k++) norm += fabs((double)xi[k]);
     float reach = (float)(norm * 1.0001), floor_ = -INFINITY;

@@ -132,15 +132,18 @@ class HeadScreen:
         err = (rounded + 2 * k * u * largest) * 1.01
         return cls(pack(w, torch.float16), exact, err.contiguous())
 
-    def argmax_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """x [M, K] fp32 -> [M, N]: the fp32 head's logits where they could be a row's largest,
-        -inf elsewhere (so a row's argmax is the fp32 head's, ties to the first)."""
+    def argmax_logits(self, x: torch.Tensor, banned: tuple[int, ...] = ()) -> torch.Tensor:
+        """x [M, K] fp32 -> [M, N]: the fp32 head's logits where they could be a row's largest
+        among the outputs not `banned`, -inf elsewhere (so a row's argmax is what the fp32 head's
+        would be with the banned ones at -inf, ties to the first)."""
         lib = native.library()
         assert lib is not None, "our kernels are not available here (native.py)"
         x = x.float().contiguous()
         y = torch.empty(x.shape[0], self.exact.out_features)
+        ban = torch.tensor(sorted(b for b in banned if 0 <= b < self.exact.out_features), dtype=torch.int32)
         if x.shape[0] and lib.llmos_head_argmax(
                 self.screen.panels.data_ptr(), self.exact.panels.data_ptr(), self.err.data_ptr(),
-                self.exact.out_features, self.exact.in_features, x.data_ptr(), x.stride(0), x.shape[0], y.data_ptr()):
+                self.exact.out_features, self.exact.in_features, x.data_ptr(), x.stride(0), x.shape[0],
+                ban.data_ptr() if len(ban) else None, len(ban), y.data_ptr()):
             raise MemoryError("head_argmax: out of memory")
         return y

@@ -18,7 +18,7 @@ class SamplingParams:
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
-    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks): end tokens are never sampled
 
 
 def make_generator(seed: int | None) -> torch.Generator:
