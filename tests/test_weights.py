@@ -94,3 +94,27 @@ def test_weight_mode_flags_and_errors(tiny_backend, monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             Backend(tiny_backend.model, tiny_backend.tokenizer, device="cuda")
+
+
+
+def test_ignore_eos_bans_end_tokens_in_every_mode(real_backend, monkeypatch):
+    """The ban is the engine's, whichever head a mode has (fp32's screen, int8's plain head)."""
+    from llmos.kernel.model.sequence import Sequence
+
+    sampled: list[int] = []
+    append = Sequence.append
+    monkeypatch.setattr(Sequence, "append", lambda self, token: sampled.append(token) or append(self, token))
+    backend = Backend(real_backend.model, real_backend.tokenizer, "smollm2-int8", weights="int8")
+
+    async def main():
+        async with kernel_with(backend) as kernel:
+            sh = session(kernel)
+            plain = await sh.llm.chat("What is the capital of France?", max_tokens=40)
+            ended = list(sampled)
+            sampled.clear()
+            banned = await sh.llm.chat("What is the capital of France?", max_tokens=40, ignore_eos=True)
+            return plain, ended, banned
+
+    plain, ended, banned = trio.run(main)
+    assert plain.usage.completion_tokens < 40 and ended[-1] in backend.eos_ids  # it would end early
+    assert banned.usage.completion_tokens == 40 and not backend.eos_ids & set(sampled)

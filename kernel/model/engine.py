@@ -356,7 +356,7 @@ class BatchEngine(Engine):
             all(banning) or not any(banning))
         layout.banned = tuple(sorted(self.backend.eos_ids)) if layout.argmax_only and any(banning) else ()
         logits = self.backend.run(layout)
-        if any(banning) and not layout.banned:
+        if any(banning):  # (again after a screened head: not every head screens)
             rows = torch.tensor([row for row, ban in enumerate(banning) if ban])
             with torch.inference_mode():  # (the logits are the forward pass's)
                 logits[rows.unsqueeze(1), torch.tensor(sorted(self.backend.eos_ids)).unsqueeze(0)] = float("-inf")
