@@ -138,7 +138,7 @@ class ChatStream(Response):
     ) -> None:
         super().__init__(media_type=self.media_type, headers={"cache-control": "no-cache"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # sent chunked
-        self.kernel, self.pid, self.args, self.cid, self.req = kernel, pid, args, cid, req
+        self.kernel, self.pid, self.args, self.req = kernel, pid, args, req
         self.decoder = translation.decoder()
         self.chunks = Chunks(cid, int(time.time()), model_id(kernel))
 

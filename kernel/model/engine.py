@@ -354,12 +354,13 @@ class BatchEngine(Engine):
         # Greedy, unconstrained rows read only their logits' argmax (a mask could rule it out).
         layout.argmax_only = all(seq.params.temperature <= 0.0 and seq.constraint is None for seq in sampled) and (
             all(banning) or not any(banning))
-        layout.banned = tuple(sorted(self.backend.eos_ids)) if layout.argmax_only and any(banning) else ()
+        ends = sorted(self.backend.eos_ids)
+        layout.banned = tuple(ends) if layout.argmax_only and any(banning) else ()
         logits = self.backend.run(layout)
         if any(banning):  # (again after a screened head: not every head screens)
             rows = torch.tensor([row for row, ban in enumerate(banning) if ban])
             with torch.inference_mode():  # (the logits are the forward pass's)
-                logits[rows.unsqueeze(1), torch.tensor(sorted(self.backend.eos_ids)).unsqueeze(0)] = float("-inf")
+                logits[rows.unsqueeze(1), torch.tensor(ends).unsqueeze(0)] = float("-inf")
         constrained = [
             (row, seq.constraint, seq.params.max_tokens - seq.completion_tokens)
             for row, seq in enumerate(sampled)

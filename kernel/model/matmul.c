@@ -28,6 +28,11 @@ enum { W_F32 = 0, W_F16 = 1, W_I8 = 2 };
 #define KB 256  /* input channels per block */
 #define MC 192  /* rows per pass: a multiple of MT; bounds the accumulators kept on the stack */
 #define NP 2    /* panels per tile */
+/* At one row a 2-panel tile has only two chains of dependent multiply-adds, which the FMA
+ * latency (4 cycles) caps below what memory delivers for 1-byte weights (measured with AVX2:
+ * int8 at half fp32's bytes per second; with AVX-512, int8 3.7 ms with 4 panels, 4.1 with 2):
+ * 1- and 2-row steps use 4-panel tiles (matmul.py pads outputs to a multiple of them). */
+#define NP_FEW 4
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 /* AVX-512: a register holds 16 outputs, so panels are 16 wide ([N/16][K][16]) and every tile
@@ -37,7 +42,6 @@ enum { W_F32 = 0, W_F16 = 1, W_I8 = 2 };
  * instruction where AVX2 needs three). Measured on a 2-core Zen 5 VM, all of the model's
  * projections at one row: int8 8.1 -> 3.6 ms against the AVX2 tiles. */
 #define PW 16     /* outputs per panel */
-#define NP_FEW 4 /* (at one row int8 measured 3.7 ms with 4 panels, 4.1 with 2) */
 #define MT 8      /* rows per tile */
 #define MT_I8 8
 typedef __m512 vfloat;
@@ -57,10 +61,6 @@ typedef __m512i vint;
 #define VI_TO_FLOAT(v) _mm512_cvtepi32_ps(v)
 #else
 #define PW 8
-/* At one row a 2-panel tile has only two chains of dependent multiply-adds, which the FMA
- * latency (4 cycles) caps below what memory delivers for 1-byte weights (measured: int8 at half
- * fp32's bytes per second): 1- and 2-row steps use 4-panel tiles. */
-#define NP_FEW 4
 #define MT 6    /* rows per tile: 12 sums, 2 weight registers, 1 broadcast (AVX2 has 16) */
 #define MT_I8 4 /* int8 tiles need a register more per sum: 4 rows fit */
 typedef __m256 vfloat;
@@ -149,12 +149,12 @@ TILES(tile_f32, LOAD_F32)
 TILES(tile_f16, LOAD_F16)
 TILE_I8(2, 1) TILE_I8(2, 2) TILE_I8(2, 3) TILE_I8(2, 4) TILE_I8(2, 5) TILE_I8(2, 6) TILE_I8(2, 7) TILE_I8(2, 8)
 TILE_I8(4, 1) TILE_I8(4, 2)
-/* (tiles with more rows than MT, or 4 panels where NP_FEW is 2, are compiled but never called:
- * the unused static functions cost nothing.) */
+/* (AVX2's 7- and 8-row tiles, more rows than its MT, are compiled but never called: unused
+ * static functions cost nothing.) */
 
 #define DISPATCH(NAME, LD)                                                      \
   do {                                                                          \
-    if (np == 4) {                                                              \
+    if (np == NP_FEW) {                                                         \
       if (m == 1) NAME##_4_1(w, pstride, k0, k1, xm, LD, am, first);            \
       else NAME##_4_2(w, pstride, k0, k1, xm, LD, am, first);                   \
     } else switch (m) {                                                         \

@@ -45,11 +45,11 @@ SIGNATURES = {
     "llmos_rotary": [C_PTR, C_LONG, C_INT, C_INT, C_INT, C_PTR, C_PTR, C_PTR],
     # x, ldx, rows, width, out
     "llmos_silu_mul": [C_PTR, C_LONG, C_INT, C_INT, C_PTR],
-    # shape, layers, count, x, rows, positions, slab, layer stride, value offset, seat/head/position
-    # strides, seats, lengths
     "llmos_panel_width": [],
     # screen (fp16 panels), exact (fp32 panels), err, N, K, x, ldx, M, banned, banned count, y
     "llmos_head_argmax": [C_PTR, C_PTR, C_PTR, C_INT, C_INT, C_PTR, C_LONG, C_INT, C_PTR, C_INT, C_PTR],
+    # shape, layers, count, x, rows, positions, slab, layer stride, value offset, seat/head/position
+    # strides, seats, lengths
     "llmos_decode_layers": [C_PTR, C_PTR, C_INT, C_PTR, C_INT, C_PTR, C_PTR, C_LONG, C_LONG, C_LONG, C_LONG, C_LONG, C_PTR, C_PTR],
 }
 RESTYPES = {"llmos_decode_layers": C_INT, "llmos_matmul": C_INT, "llmos_panel_width": C_INT, "llmos_head_argmax": C_INT}
